@@ -1,0 +1,143 @@
+"""MadryLab's CIFAR-10 challenge wide ResNet (github.com/MadryLab/cifar10_challenge).
+
+Keras layers carry the original's variable scopes in their names so that
+`tf1_variables()` can map every checkpoint variable to a Keras weight.
+"""
+
+import keras
+import tensorflow as tf
+
+WRN_32_10_FILTERS = (16, 160, 320, 640)  # the paper's "WRN 32-10"
+SMALL_FILTERS = (16, 16, 32, 64)  # quick CPU runs
+LEAKINESS = 0.1
+STAGE_STRIDES = (1, 2, 2)
+
+
+def _batch_norm(name):
+  # tf.contrib.layers.batch_norm(decay=0.9, epsilon=0.001, center, scale).
+  return keras.layers.BatchNormalization(momentum=0.9, epsilon=0.001, name=name)
+
+
+def _conv(filters, stride, name):
+  return keras.layers.Conv2D(filters, 3, strides=stride, padding='same', use_bias=False,
+                             kernel_initializer='he_normal', name=name)
+
+
+class ResidualUnit(keras.layers.Layer):
+  """One unit of the original `_residual`, including its shortcut quirks."""
+
+  def __init__(self, in_filters, out_filters, stride, activate_before_residual, **kwargs):
+    super().__init__(**kwargs)
+    self.in_filters, self.out_filters, self.stride = in_filters, out_filters, stride
+    self.activate_before_residual = activate_before_residual
+    # The first unit's shortcut takes the activated input ('shared_activation');
+    # every other unit's takes the raw input ('residual_only_activation').
+    self.first_scope = 'shared_activation' if activate_before_residual else 'residual_only_activation'
+    self.bn1 = _batch_norm('bn1')
+    self.conv1 = _conv(out_filters, stride, 'conv1')
+    self.bn2 = _batch_norm('bn2')
+    self.conv2 = _conv(out_filters, 1, 'conv2')
+    self.act = keras.layers.LeakyReLU(negative_slope=LEAKINESS)
+
+  def call(self, x, training=False):
+    if self.activate_before_residual:
+      x = self.act(self.bn1(x, training=training))
+      shortcut = x
+    else:
+      shortcut = x
+      x = self.act(self.bn1(x, training=training))
+    x = self.conv1(x)
+    x = self.conv2(self.act(self.bn2(x, training=training)))
+    if self.in_filters != self.out_filters or self.stride > 1:
+      # Average-pool then zero-pad the channels evenly on both sides (the original
+      # does this only when channels change; it cannot run otherwise with stride 2).
+      shortcut = tf.nn.avg_pool2d(shortcut, self.stride, self.stride, 'VALID')
+      pad = (self.out_filters - self.in_filters) // 2
+      shortcut = tf.pad(shortcut, [[0, 0], [0, 0], [0, 0], [pad, pad]])
+    return x + shortcut
+
+  def tf1_variables(self, scope):
+    names = {}
+    for bn, bn_scope in ((self.bn1, self.first_scope), (self.bn2, 'sub2')):
+      names.update({
+          f'{scope}/{bn_scope}/BatchNorm/gamma': bn.gamma,
+          f'{scope}/{bn_scope}/BatchNorm/beta': bn.beta,
+          f'{scope}/{bn_scope}/BatchNorm/moving_mean': bn.moving_mean,
+          f'{scope}/{bn_scope}/BatchNorm/moving_variance': bn.moving_variance,
+      })
+    names[f'{scope}/sub1/conv1/DW'] = self.conv1.kernel
+    names[f'{scope}/sub2/conv2/DW'] = self.conv2.kernel
+    return names
+
+
+class MadryResNet(keras.Model):
+  """The Madry CIFAR-10 wide ResNet: 3 stages of residual units, leaky ReLU 0.1.
+
+  Takes images [batch, H, W, 3] in [0, 1]. Like the original it works on the
+  0..255 scale and standardizes each image, so original checkpoints give the
+  original logits. `training=False` (the default) uses BN moving statistics.
+  """
+
+  input_image_shape = (32, 32, 3)
+
+  def __init__(self, filters=WRN_32_10_FILTERS, units_per_stage=5, num_classes=10,
+               name='madry_resnet', **kwargs):
+    super().__init__(name=name, **kwargs)
+    filters = tuple(int(f) for f in filters)
+    if len(filters) != 4:
+      raise ValueError(f'filters must have 4 entries (init conv, 3 stages), got {filters}')
+    for a, b in zip(filters[:-1], filters[1:]):
+      if b < a or (b - a) % 2:
+        raise ValueError(f'filters must not shrink and must grow by an even number of '
+                         f'channels (the shortcut pads evenly), got {filters}')
+    if units_per_stage < 1:
+      raise ValueError(f'units_per_stage must be at least 1, got {units_per_stage}')
+    self.filters, self.units_per_stage, self.num_classes = filters, units_per_stage, num_classes
+    self.init_conv = _conv(filters[0], 1, 'init_conv')
+    self.units = []
+    for stage in range(3):
+      for i in range(units_per_stage):
+        first = i == 0
+        self.units.append(ResidualUnit(
+            in_filters=filters[stage] if first else filters[stage + 1],
+            out_filters=filters[stage + 1],
+            stride=STAGE_STRIDES[stage] if first else 1,
+            activate_before_residual=first and stage == 0,
+            name=f'unit_{stage + 1}_{i}'))
+    self.final_bn = _batch_norm('final_bn')
+    self.act = keras.layers.LeakyReLU(negative_slope=LEAKINESS)
+    self.logits = keras.layers.Dense(num_classes, name='logit')
+
+  def features(self, images, training=False):
+    """The globally pooled representation before the logit layer."""
+    x = tf.image.per_image_standardization(images * 255.0)
+    x = self.init_conv(x)
+    for unit in self.units:
+      x = unit(x, training=training)
+    x = self.act(self.final_bn(x, training=training))
+    return tf.reduce_mean(x, axis=[1, 2])
+
+  def call(self, images, training=False):
+    return self.logits(self.features(images, training=training))
+
+  def tf1_variables(self, head_scope='logit'):
+    """Maps the original checkpoint's variable names to this model's weights.
+
+    `head_scope='target_task_logit'` reads the IGAM authors' finetuned K-way head.
+    """
+    names = {'input/init_conv/DW': self.init_conv.kernel}
+    for unit in self.units:
+      names.update(unit.tf1_variables(unit.name))
+    names.update({
+        'unit_last/BatchNorm/gamma': self.final_bn.gamma,
+        'unit_last/BatchNorm/beta': self.final_bn.beta,
+        'unit_last/BatchNorm/moving_mean': self.final_bn.moving_mean,
+        'unit_last/BatchNorm/moving_variance': self.final_bn.moving_variance,
+        f'{head_scope}/DW': self.logits.kernel,
+        f'{head_scope}/biases': self.logits.bias,
+    })
+    return names
+
+  def get_config(self):
+    return {'filters': self.filters, 'units_per_stage': self.units_per_stage,
+            'num_classes': self.num_classes, 'name': self.name}
