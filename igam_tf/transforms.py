@@ -1,0 +1,188 @@
+"""Input transforms of the paper's Section 4.3: fit student-task images to the teacher.
+
+The teacher sees `transform(x)`; its input gradient is taken w.r.t. the student's
+input `x` through the transform, so every transform here is differentiable (for
+an affine transform x -> A x + b, the gradient is A^T applied to the teacher's
+gradient). A spec string composes them left to right, e.g.
+`channel_average,center_crop:28` turns a 32x32x3 CIFAR image into a 28x28x1
+MNIST-sized one.
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+
+class ChannelAverage(keras.layers.Layer):
+  """RGB -> gray: the mean over channels (CIFAR images for an MNIST teacher)."""
+
+  def call(self, x):
+    return tf.reduce_mean(x, axis=-1, keepdims=True)
+
+
+class CenterCrop(keras.layers.Layer):
+
+  def __init__(self, size, **kwargs):
+    super().__init__(**kwargs)
+    self.size = size
+
+  def call(self, x):
+    return tf.image.crop_to_bounding_box(x, *self.window(x.shape[1], x.shape[2])[:2],
+                                         self.size, self.size)
+
+  def window(self, height, width):
+    """(top, left, size, size) of the kept region."""
+    if self.size > min(height, width):
+      raise ValueError(f'center_crop:{self.size} is larger than the {height}x{width} input')
+    return (height - self.size) // 2, (width - self.size) // 2, self.size, self.size
+
+
+class Resize(keras.layers.Layer):
+  """Bilinear resize, up or down."""
+
+  def __init__(self, size, **kwargs):
+    super().__init__(**kwargs)
+    self.size = size
+
+  def call(self, x):
+    return tf.image.resize(x, (self.size, self.size), method='bilinear')
+
+
+class AveragePoolDownsize(keras.layers.Layer):
+  """k x k average pooling: bilinear downsizing by an integer factor (2 by default)."""
+
+  def __init__(self, factor=2, **kwargs):
+    super().__init__(**kwargs)
+    self.factor = factor
+
+  def call(self, x):
+    return tf.nn.avg_pool2d(x, self.factor, self.factor, 'VALID')
+
+
+class CenterPad(keras.layers.Layer):
+  """Zero padding to `size` x `size`, the image in the centre."""
+
+  def __init__(self, size, **kwargs):
+    super().__init__(**kwargs)
+    self.size = size
+
+  def call(self, x):
+    top, left = (self.size - x.shape[1]) // 2, (self.size - x.shape[2]) // 2
+    return tf.image.pad_to_bounding_box(x, top, left, self.size, self.size)
+
+
+class RandomPad(keras.layers.Layer):
+  """Zero padding to `size` x `size` at a random place (one offset per batch) when
+  training, in the centre otherwise."""
+
+  def __init__(self, size, seed=None, **kwargs):
+    super().__init__(**kwargs)
+    self.size = size
+    self.seed_generator = keras.random.SeedGenerator(seed)
+
+  def call(self, x, training=False):
+    spare_h, spare_w = self.size - x.shape[1], self.size - x.shape[2]
+    if training:
+      top = keras.random.randint((), 0, spare_h + 1, seed=self.seed_generator)
+      left = keras.random.randint((), 0, spare_w + 1, seed=self.seed_generator)
+    else:
+      top, left = spare_h // 2, spare_w // 2
+    return tf.image.pad_to_bounding_box(x, top, left, self.size, self.size)
+
+
+class TransposeConv(keras.layers.Layer):
+  """A trainable 3x3 stride-2 transposed convolution (doubles height and width).
+
+  Trained with the teacher's new logit layer during finetuning, then frozen.
+  """
+
+  def __init__(self, channels=3, **kwargs):
+    super().__init__(**kwargs)
+    self.channels = channels
+    self.deconv = keras.layers.Conv2DTranspose(channels, 3, strides=2, padding='same',
+                                               name='deconv')
+
+  def call(self, x):
+    return self.deconv(x)
+
+
+_TRANSFORMS = {
+    'channel_average': (ChannelAverage, False),
+    'center_crop': (CenterCrop, True),
+    'resize': (Resize, True),
+    'avg_pool': (AveragePoolDownsize, None),
+    'center_pad': (CenterPad, True),
+    'random_pad': (RandomPad, True),
+    'transpose_conv': (TransposeConv, None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientWindow:
+  """The region of the student's input the teacher sees; gradients outside it are
+  zero for the teacher, so both gradient maps are cropped to it before the
+  discriminator and the difference loss."""
+  top: int
+  left: int
+  height: int
+  width: int
+
+  def crop(self, gradients):
+    return gradients[:, self.top:self.top + self.height, self.left:self.left + self.width, :]
+
+
+class TeacherTransform(keras.layers.Layer):
+  """A composition of the transforms above, built from a spec string."""
+
+  def __init__(self, spec='', **kwargs):
+    super().__init__(**kwargs)
+    self.spec = spec
+    self.steps = parse_spec(spec)
+
+  def call(self, x, training=False):
+    for step in self.steps:
+      x = step(x, training=training) if isinstance(step, RandomPad) else step(x)
+    return x
+
+  def gradient_window(self, student_shape):
+    """The GradientWindow for student images of shape (H, W, C), or None if the
+    teacher sees the whole image."""
+    window, spatial_change = None, False
+    for step in self.steps:
+      if isinstance(step, CenterCrop):
+        if spatial_change or window:
+          raise ValueError(f'Teacher transform {self.spec!r}: center_crop must come before '
+                           f'any other resizing, padding or crop, so it crops the student '
+                           f'image itself')
+        window = GradientWindow(*step.window(student_shape[0], student_shape[1]))
+      elif not isinstance(step, ChannelAverage):
+        spatial_change = True
+    return window
+
+  def output_image_shape(self, student_shape):
+    x = keras.KerasTensor((1,) + tuple(student_shape))
+    return tuple(keras.ops.shape(self.compute_output_spec(x))[1:])
+
+  def get_config(self):
+    return {**super().get_config(), 'spec': self.spec}
+
+
+def parse_spec(spec):
+  """'channel_average,center_crop:28' -> [ChannelAverage(), CenterCrop(28)]."""
+  steps = []
+  for item in filter(None, (s.strip() for s in (spec or '').split(','))):
+    name, _, argument = item.partition(':')
+    if name not in _TRANSFORMS:
+      raise ValueError(f'Unknown teacher transform {name!r} in {spec!r}; known: '
+                       f'{", ".join(sorted(_TRANSFORMS))} (e.g. "center_crop:28")')
+    layer, needs_argument = _TRANSFORMS[name]
+    if needs_argument and not argument:
+      raise ValueError(f'Teacher transform {name!r} needs a size, e.g. "{name}:32"')
+    if needs_argument is False and argument:
+      raise ValueError(f'Teacher transform {name!r} takes no argument, got {item!r}')
+    try:
+      steps.append(layer(int(argument)) if argument else layer())
+    except ValueError as e:
+      raise ValueError(f'Bad argument in teacher transform {item!r}: {e}') from e
+  return steps
