@@ -71,7 +71,12 @@ def _is_slot_or_bookkeeping(name):
 def read_variables(path):
   """Returns (prefix, {name: shape}) of the model variables in a checkpoint."""
   prefix = resolve_checkpoint(path)
-  shapes = {name: tuple(shape) for name, shape in tf.train.list_variables(prefix)
+  try:
+    variables = tf.train.list_variables(prefix)
+  except tf.errors.OpError as error:  # e.g. a truncated or corrupt .index file
+    raise CheckpointError(f'Cannot read the checkpoint index {prefix}.index: '
+                          f'{error.message}') from error
+  shapes = {name: tuple(shape) for name, shape in variables
             if not _is_slot_or_bookkeeping(name)}
   return prefix, shapes
 
@@ -118,8 +123,12 @@ def load_tf1_checkpoint(model, path):
       raise CheckpointError(
           f'Shape mismatch for {name!r} in {prefix}: {model.name} expects '
           f'{list(variable.shape)}, the checkpoint has {list(shapes[name])}.')
-  reader = tf.train.load_checkpoint(prefix)
-  values = {name: reader.get_tensor(name) for name in names}
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    values = {name: reader.get_tensor(name) for name in names}
+  except tf.errors.OpError as error:  # e.g. an index whose .data-* file is missing
+    raise CheckpointError(f'Cannot read the weights of {prefix} (is its .data-* file '
+                          f'missing or incomplete?): {error.message}') from error
   for name, variable in names.items():
     variable.assign(values[name].astype(np.float32))
   return prefix

@@ -261,7 +261,8 @@ def _checkpoint_folder(names, expected, zip_path):
 def define_flags():
   flags.DEFINE_enum('model', None, list(RELEASES), 'Which release to fetch.')
   flags.DEFINE_string('dir', None, 'Folder for the cache (downloads/) and the extracted release.')
-  flags.DEFINE_string('url', None, "A URL to download from instead of the release's own.")
+  flags.DEFINE_string(
+      'url', None, "A URL to download from instead of the release's own (unused once cached).")
   flags.DEFINE_float('timeout', 60.0, 'Seconds any one network operation may block.')
   flags.DEFINE_string('sha256', None, 'If given, the SHA-256 the zip must have.')
   flags.mark_flags_as_required(['model', 'dir'])

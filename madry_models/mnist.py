@@ -7,21 +7,21 @@ class MadryMNIST(keras.Model):
   """conv5x5(32)-maxpool-conv5x5(64)-maxpool-dense(1024)-dense(classes), ReLU.
 
   Takes images of shape [batch, 28, 28, 1] in [0, 1] (the original's scale) and
-  returns logits.
+  returns logits. `activation` replaces ReLU (any Keras activation name).
   """
 
   input_image_shape = (28, 28, 1)
 
-  def __init__(self, num_classes=10, name='madry_mnist', **kwargs):
+  def __init__(self, num_classes=10, activation='relu', name='madry_mnist', **kwargs):
     super().__init__(name=name, **kwargs)
-    self.num_classes = num_classes
-    self.conv1 = keras.layers.Conv2D(32, 5, padding='same', activation='relu', name='conv1')
+    self.num_classes, self.activation = num_classes, activation
+    self.conv1 = keras.layers.Conv2D(32, 5, padding='same', activation=activation, name='conv1')
     self.pool1 = keras.layers.MaxPooling2D(2, padding='same', name='pool1')
-    self.conv2 = keras.layers.Conv2D(64, 5, padding='same', activation='relu', name='conv2')
+    self.conv2 = keras.layers.Conv2D(64, 5, padding='same', activation=activation, name='conv2')
     self.pool2 = keras.layers.MaxPooling2D(2, padding='same', name='pool2')
     # Keras flattens NHWC in the same order as the original's tf.reshape.
     self.flatten = keras.layers.Flatten(name='flatten')
-    self.fc1 = keras.layers.Dense(1024, activation='relu', name='fc1')
+    self.fc1 = keras.layers.Dense(1024, activation=activation, name='fc1')
     self.logits = keras.layers.Dense(num_classes, name='logits')
 
   def features(self, images, training=False):
@@ -54,4 +54,4 @@ class MadryMNIST(keras.Model):
     return names
 
   def get_config(self):
-    return {'num_classes': self.num_classes, 'name': self.name}
+    return {'num_classes': self.num_classes, 'activation': self.activation, 'name': self.name}

@@ -18,6 +18,14 @@ def _batch_norm(name):
   return keras.layers.BatchNormalization(momentum=0.9, epsilon=0.001, name=name)
 
 
+def make_activation(activation):
+  """'leaky_relu' is the original's (slope 0.1); any Keras activation name also works
+  (a smooth one such as 'gelu', 'elu' or 'softplus' has useful second derivatives)."""
+  if activation == 'leaky_relu':
+    return keras.layers.LeakyReLU(negative_slope=LEAKINESS)
+  return keras.layers.Activation(activation)
+
+
 def _conv(filters, stride, name):
   return keras.layers.Conv2D(filters, 3, strides=stride, padding='same', use_bias=False,
                              kernel_initializer='he_normal', name=name)
@@ -26,7 +34,8 @@ def _conv(filters, stride, name):
 class ResidualUnit(keras.layers.Layer):
   """One unit of the original `_residual`, including its shortcut quirks."""
 
-  def __init__(self, in_filters, out_filters, stride, activate_before_residual, **kwargs):
+  def __init__(self, in_filters, out_filters, stride, activate_before_residual,
+               activation='leaky_relu', **kwargs):
     super().__init__(**kwargs)
     self.in_filters, self.out_filters, self.stride = in_filters, out_filters, stride
     self.activate_before_residual = activate_before_residual
@@ -37,7 +46,7 @@ class ResidualUnit(keras.layers.Layer):
     self.conv1 = _conv(out_filters, stride, 'conv1')
     self.bn2 = _batch_norm('bn2')
     self.conv2 = _conv(out_filters, 1, 'conv2')
-    self.act = keras.layers.LeakyReLU(negative_slope=LEAKINESS)
+    self.act = make_activation(activation)
 
   def call(self, x, training=False):
     if self.activate_before_residual:
@@ -73,15 +82,16 @@ class ResidualUnit(keras.layers.Layer):
 class MadryResNet(keras.Model):
   """The Madry CIFAR-10 wide ResNet: 3 stages of residual units, leaky ReLU 0.1.
 
-  Takes images [batch, H, W, 3] in [0, 1]. Like the original it works on the
+  Takes images [batch, H, W, C] in [0, 1]. Like the original it works on the
   0..255 scale and standardizes each image, so original checkpoints give the
   original logits. `training=False` (the default) uses BN moving statistics.
+  `activation` replaces the leaky ReLU (see `make_activation`).
   """
 
   input_image_shape = (32, 32, 3)
 
   def __init__(self, filters=WRN_32_10_FILTERS, units_per_stage=5, num_classes=10,
-               name='madry_resnet', **kwargs):
+               activation='leaky_relu', name='madry_resnet', **kwargs):
     super().__init__(name=name, **kwargs)
     filters = tuple(int(f) for f in filters)
     if len(filters) != 4:
@@ -93,6 +103,7 @@ class MadryResNet(keras.Model):
     if units_per_stage < 1:
       raise ValueError(f'units_per_stage must be at least 1, got {units_per_stage}')
     self.filters, self.units_per_stage, self.num_classes = filters, units_per_stage, num_classes
+    self.activation = activation
     self.init_conv = _conv(filters[0], 1, 'init_conv')
     self.units = []
     for stage in range(3):
@@ -103,9 +114,9 @@ class MadryResNet(keras.Model):
             out_filters=filters[stage + 1],
             stride=STAGE_STRIDES[stage] if first else 1,
             activate_before_residual=first and stage == 0,
-            name=f'unit_{stage + 1}_{i}'))
+            activation=activation, name=f'unit_{stage + 1}_{i}'))
     self.final_bn = _batch_norm('final_bn')
-    self.act = keras.layers.LeakyReLU(negative_slope=LEAKINESS)
+    self.act = make_activation(activation)
     self.logits = keras.layers.Dense(num_classes, name='logit')
 
   def features(self, images, training=False):
@@ -140,4 +151,4 @@ class MadryResNet(keras.Model):
 
   def get_config(self):
     return {'filters': self.filters, 'units_per_stage': self.units_per_stage,
-            'num_classes': self.num_classes, 'name': self.name}
+            'num_classes': self.num_classes, 'activation': self.activation, 'name': self.name}

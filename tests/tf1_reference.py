@@ -38,20 +38,54 @@ def write_checkpoint_index(folder, prefix):
     f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
 
 
-def _save(sess, saver, folder, step):
+def _session_config():
+  config = v1.ConfigProto()
+  # Grappler's graph rewrites cost more than these one-off runs gain from them.
+  config.graph_options.rewrite_options.disable_meta_optimizer = True
+  return config
+
+
+def _save(sess, saver, folder, step, write_meta_graph=True):
   os.makedirs(folder, exist_ok=True)
-  prefix = saver.save(sess, os.path.join(folder, 'checkpoint'), global_step=step)
+  prefix = saver.save(sess, os.path.join(folder, 'checkpoint'), global_step=step,
+                      write_meta_graph=write_meta_graph)
   # Saver writes absolute paths; the released zips hold relative ones.
   write_checkpoint_index(folder, prefix)
   return prefix
 
 
-def _load(sess, variable, value):
-  # Feeds the initializer's value input (what Variable.load does) instead of
+def _load(sess, values):
+  """Sets {variable: value} in one run."""
+  # Feeds each initializer's value input (what Variable.load does) instead of
   # adding constants to the saved graph.
-  initializer = variable.initializer
-  sess.run(initializer, {initializer.inputs[1]: np.asarray(value).astype(
-      variable.dtype.base_dtype.as_numpy_dtype)})
+  feed = {variable.initializer.inputs[1]: np.asarray(value).astype(
+      variable.dtype.base_dtype.as_numpy_dtype) for variable, value in values.items()}
+  sess.run([variable.initializer for variable in values], feed)
+
+
+def write_tf1_checkpoint(folder, tensors, step):
+  """Saves {name: array} with a TF1 Saver as `<folder>/checkpoint-<step>`; returns the prefix.
+
+  For hand-made checkpoints with chosen names (e.g. a real one with a variable
+  dropped or reshaped).
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    variables = {}
+    for name, value in tensors.items():
+      value = np.asarray(value)
+      variables[v1.get_variable(name, value.shape, tf.as_dtype(value.dtype),
+                                initializer=v1.zeros_initializer())] = value
+    saver = v1.train.Saver()
+    with v1.Session(graph=graph, config=_session_config()) as sess:
+      _load(sess, variables)
+      return _save(sess, saver, folder, step, write_meta_graph=False)
+
+
+def read_tf1_checkpoint(prefix):
+  """Returns {name: array} of every tensor in a checkpoint, slots included."""
+  reader = tf.train.load_checkpoint(prefix)
+  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
 # --- CIFAR-10 wide ResNet (MadryLab/cifar10_challenge model.py) ---
@@ -176,18 +210,20 @@ def build_madry_cifar_checkpoint(folder, filters=(16, 16, 32, 64), units_per_sta
     train_op = v1.train.MomentumOptimizer(0.1, 0.9).minimize(loss, global_step=global_step)
     saver = v1.train.Saver()
     batch_moments = [(mean, variance) for _, _, mean, variance in trainer.moments]
-    with v1.Session(graph=graph) as sess:
+    with v1.Session(graph=graph, config=_session_config()) as sess:
       sess.run(v1.global_variables_initializer())
-      _load(sess, global_step, step - 1)
+      _load(sess, {global_step: step - 1})
       feed = {x_input: images * 255.0, y_input: labels}
       _, moments = sess.run([train_op, batch_moments], feed)
       # Moving statistics near, not at, the batch's: inference differs from
       # training mode, yet activations stay normalized so biases still matter.
+      statistics = {}
       for (moving_mean, moving_variance, _, _), (mean, variance) in zip(trainer.moments,
                                                                           moments):
-        std = np.sqrt(variance)
-        _load(sess, moving_mean, mean + 0.2 * std * rng.standard_normal(mean.shape))
-        _load(sess, moving_variance, variance * rng.uniform(0.5, 1.5, variance.shape))
+        statistics[moving_mean] = mean + 0.2 * np.sqrt(variance) * rng.standard_normal(
+            mean.shape)
+        statistics[moving_variance] = variance * rng.uniform(0.5, 1.5, variance.shape)
+      _load(sess, statistics)
       prefix = _save(sess, saver, folder, step)
       logits = sess.run(inference_logits, {x_input: images * 255.0})
   return prefix, images, logits
@@ -259,14 +295,13 @@ def build_madry_mnist_checkpoint(folder, step=99900, seed=0, batch_size=4, meta_
       x_input, y_input, logits, loss = _build_mnist_graph(finetuned_classes)
       train_op = v1.train.AdamOptimizer(1e-4).minimize(loss, global_step=global_step)
       saver = v1.train.Saver()
-    with v1.Session(graph=graph) as sess:
+    with v1.Session(graph=graph, config=_session_config()) as sess:
       sess.run(v1.global_variables_initializer())
       # Random biases rather than the original's constant 0.1, so that a bias
       # loaded into the wrong place shows.
-      for variable in v1.trainable_variables():
-        if len(variable.shape) == 1:
-          _load(sess, variable, rng.uniform(0.0, 0.2, variable.shape))
-      _load(sess, global_step, step - 1)
+      biases = {variable: rng.uniform(0.0, 0.2, variable.shape)
+                for variable in v1.trainable_variables() if len(variable.shape) == 1}
+      _load(sess, {**biases, global_step: step - 1})
       flat_images = images.reshape(batch_size, 784)
       sess.run(train_op, {x_input: flat_images, y_input: labels})
       prefix = _save(sess, saver, folder, step)

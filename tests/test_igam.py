@@ -1,0 +1,161 @@
+"""IGAM's train_step: what it updates, what it leaves alone, and that it matches."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from igam_tf.architectures import build_classifier
+from igam_tf.discriminator import build_discriminator
+from igam_tf.igam import IGAM
+from igam_tf.input_gradients import input_gradients
+from igam_tf.transforms import TeacherTransform
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_igam(transform='channel_average', student_lr=0.05, disc_lr=1e-3, seed=0,
+              student='madry_resnet', **kwargs):
+  keras.utils.set_random_seed(seed)
+  teacher = build_classifier('simple_cnn', 3, (12, 12, 1), filters=(8, 16))
+  if student == 'madry_resnet':
+    student = build_classifier('madry_resnet', 3, (12, 12, 3), activation='gelu',
+                               filters=(4, 4, 8, 8), units_per_stage=1)
+  else:
+    student = build_classifier(student, 3, (12, 12, 3), activation='gelu', filters=(8, 16))
+  model = IGAM(student, teacher, build_discriminator(2, 4), TeacherTransform(transform), **kwargs)
+  model.compile(keras.optimizers.SGD(student_lr), keras.optimizers.SGD(disc_lr))
+  model.build((None, 12, 12, 3))
+  return model
+
+
+def fixed_batch(size=16, seed=0):
+  rng = np.random.RandomState(seed)
+  return (tf.constant(rng.rand(size, 12, 12, 3).astype(np.float32)),
+          tf.constant(rng.randint(0, 3, size)))
+
+
+def values(variables):
+  return [v.numpy().copy() for v in variables]
+
+
+class IGAMTest(tf.test.TestCase):
+
+  def gradient_distance(self, model, images, labels):
+    j_s, _ = input_gradients(lambda x: model.student(x, training=False), images, labels)
+    return float(tf.reduce_sum(tf.square(j_s / 255.0 - model.teacher_gradients(images, labels))))
+
+  def test_igam_steps_reduce_the_gradient_distance(self):
+    images, labels = fixed_batch()
+    distances = {}
+    for diff_weight in (0.0, 1e5):
+      model = make_igam(adv_weight=0.5, diff_weight=diff_weight)
+      before = self.gradient_distance(model, images, labels)
+      model.fit(images, labels, batch_size=16, epochs=15, verbose=0)
+      distances[diff_weight] = self.gradient_distance(model, images, labels)
+    self.assertLess(distances[1e5], 0.6 * before)
+    self.assertLess(distances[1e5], 0.6 * distances[0.0])
+
+  def test_teacher_is_bit_identical_after_training(self):
+    model = make_igam(transform='transpose_conv,avg_pool,channel_average')
+    frozen = model.teacher.weights + model.teacher_transform.weights
+    before = values(frozen)
+    images, labels = fixed_batch()
+    model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
+    for b, a in zip(before, values(frozen)):
+      self.assertAllEqual(b, a)
+
+  def test_student_loss_never_updates_discriminator_and_back(self):
+    images, labels = fixed_batch()
+    # Only the discriminator learns: the student's trainable weights stay put.
+    model = make_igam(student_lr=0.0, disc_lr=0.1, diff_weight=1e5)
+    student_before = values(model.student.trainable_weights)
+    disc_before = values(model.discriminator.trainable_weights)
+    model.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    for b, a in zip(student_before, values(model.student.trainable_weights)):
+      self.assertAllEqual(b, a)
+    self.assertNotAllClose(disc_before[0], model.discriminator.trainable_weights[0].numpy())
+    # Only the student learns: the discriminator's trainable weights stay put.
+    model = make_igam(student_lr=0.1, disc_lr=0.0, diff_weight=1e5)
+    student_before = values(model.student.trainable_weights)
+    disc_before = values(model.discriminator.trainable_weights)
+    model.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    for b, a in zip(disc_before, values(model.discriminator.trainable_weights)):
+      self.assertAllEqual(b, a)
+    self.assertNotAllClose(student_before[0], model.student.trainable_weights[0].numpy())
+
+  def test_warm_up_is_cross_entropy_only(self):
+    images, labels = fixed_batch()
+    model = make_igam(igam_start_step=3, diff_weight=1e5)
+    disc_before = values(model.discriminator.trainable_weights)
+    history = model.fit(images, labels, batch_size=8, epochs=1, verbose=0)  # steps 0, 1
+    for b, a in zip(disc_before, values(model.discriminator.trainable_weights)):
+      self.assertAllEqual(b, a)
+    self.assertAllClose(history.history['loss'], history.history['xent'])
+    history = model.fit(images, labels, batch_size=8, epochs=2, verbose=0)  # steps 2..5
+    self.assertNotAllClose(disc_before[0], model.discriminator.trainable_weights[0].numpy())
+    self.assertNotAllClose(history.history['loss'][-1], history.history['xent'][-1])
+
+  def test_discriminator_steps_once_per_disc_every_student_steps(self):
+    images, labels = fixed_batch()
+    model = make_igam(disc_every=3, diff_weight=1e5)
+    kernel = model.discriminator.trainable_weights[0]
+    snapshots = [kernel.numpy().copy()]
+    for _ in range(6):
+      model.train_on_batch(images, labels)
+      snapshots.append(kernel.numpy().copy())
+    changed = [not np.array_equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
+    self.assertEqual(changed, [False, False, True, False, False, True])
+
+  def test_true_prob_gradients_and_crop_window_train(self):
+    model = make_igam(transform='channel_average,center_crop:10', gradient_of='true_prob',
+                      diff_weight=1e5)
+    images, labels = fixed_batch()
+    history = model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    for name in ('loss', 'xent', 'adv_loss', 'diff_loss', 'disc_accuracy', 'accuracy'):
+      self.assertTrue(np.isfinite(history.history[name][-1]), name)
+
+
+_EQUIVALENCE_SCRIPT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, sys.argv[1])
+    from tests.test_igam import fixed_batch, make_igam
+
+    def train(devices):
+      with tf.distribute.MirroredStrategy(devices).scope():
+        # A student without BN: per-replica batch statistics differ from the
+        # global batch's by design (the discriminator's BN is synchronized).
+        model = make_igam(adv_weight=1.0, diff_weight=1e5, weight_decay=1e-3,
+                          student='simple_cnn')
+      images, labels = fixed_batch()
+      dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+      model.fit(dataset, epochs=2, verbose=0)
+      return {v.path.split('/', 1)[1]: v.numpy()
+              for v in model.student.weights + model.discriminator.weights}
+
+    one, two = train(['/cpu:0']), train(['/cpu:0', '/cpu:1'])
+    # (Conv biases before BN get zero gradients: compare them with atol.)
+    print('differing:', [name for name in one
+                         if not np.allclose(one[name], two[name], rtol=1e-4, atol=1e-6)])
+''')
+
+
+class DistributedTest(tf.test.TestCase):
+
+  def test_two_replicas_update_like_one_device(self):
+    result = subprocess.run([sys.executable, '-c', _EQUIVALENCE_SCRIPT, REPO],
+                            capture_output=True, text=True, timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn('differing: []', result.stdout)
+
+
+if __name__ == '__main__':
+  tf.test.main()
