@@ -8,7 +8,6 @@ fool it (L_adv) and to match J_t pixel by pixel (L_diff).
 import keras
 import tensorflow as tf
 
-from igam_tf import transforms
 from igam_tf.input_gradients import input_gradients
 from igam_tf.input_gradients import normalize_per_example
 
@@ -27,10 +26,11 @@ class IGAM(keras.Model):
 
   Args:
     student: any Keras classifier of target-task images in [0, 1] to logits.
-    teacher: the finetuned teacher (logits for the target task); frozen here.
+    teacher: the finetuned teacher, from target-task images (through its input
+      transform) to logits, e.g. a `teacher.Teacher`; frozen here.
     discriminator: a Keras model from gradient maps to 2 logits (1 = teacher).
-    teacher_transform: a `transforms.TeacherTransform` fitting student images to
-      the teacher's input (frozen here); its gradient window crops both maps.
+    gradient_window: a `transforms.GradientWindow` when the teacher sees only a
+      crop of the image: both gradient maps are cropped to it.
     gradient_of: 'xent' (the paper's text) or 'true_prob' (the authors' code).
     adv_weight, diff_weight: the weights of L_adv and L_diff.
     disc_every: one discriminator step per this many student steps.
@@ -38,14 +38,13 @@ class IGAM(keras.Model):
     weight_decay: the L2 weight decay of the student's kernels.
   """
 
-  def __init__(self, student, teacher, discriminator, teacher_transform=None, *,
+  def __init__(self, student, teacher, discriminator, *, gradient_window=None,
                gradient_of='xent', adv_weight=1.0, diff_weight=10.0, disc_every=1,
                igam_start_step=0, weight_decay=0.0, **kwargs):
     super().__init__(**kwargs)
     self.student, self.teacher, self.discriminator = student, teacher, discriminator
     self.teacher.trainable = False  # also puts its BN in inference mode
-    self.teacher_transform = teacher_transform or transforms.TeacherTransform('')
-    self.teacher_transform.trainable = False
+    self.gradient_window = gradient_window
     self.gradient_of = gradient_of
     self.adv_weight, self.diff_weight = adv_weight, diff_weight
     self.disc_every, self.igam_start_step = disc_every, igam_start_step
@@ -73,8 +72,8 @@ class IGAM(keras.Model):
     # Subclassed models build by running once.
     images = tf.zeros((1,) + tuple(input_shape[1:]))
     self.student(images)
-    window = self.teacher_transform.gradient_window(input_shape[1:])
-    self.discriminator(window.crop(images) if window else images)
+    self.discriminator(self.crop(images))
+    self.optimizer.build(self.student.trainable_variables)
     self.discriminator_optimizer.build(self.discriminator.trainable_variables)
     super().build(input_shape)
 
@@ -85,11 +84,13 @@ class IGAM(keras.Model):
   def metrics(self):
     return list(self.trackers.values()) + [self.accuracy]
 
+  def crop(self, gradients):
+    return self.gradient_window.crop(gradients) if self.gradient_window else gradients
+
   def teacher_gradients(self, images, labels):
-    """J_t: the frozen teacher's input gradient, through the input transform."""
-    gradients, _ = input_gradients(
-        lambda x: self.teacher(self.teacher_transform(x), training=False),
-        images, labels, self.gradient_of)
+    """J_t: the frozen teacher's input gradient (through its input transform)."""
+    gradients, _ = input_gradients(lambda x: self.teacher(x, training=False),
+                                   images, labels, self.gradient_of)
     return gradients / PIXEL_SCALE
 
   def train_step(self, data):
@@ -97,16 +98,14 @@ class IGAM(keras.Model):
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
     igam_on = self.optimizer.iterations >= self.igam_start_step
-    window = self.teacher_transform.gradient_window(images.shape[1:])
-    crop = window.crop if window else (lambda g: g)
 
-    j_t = crop(self.teacher_gradients(images, labels))
+    j_t = self.crop(self.teacher_gradients(images, labels))
     with tf.GradientTape(persistent=True) as tape:
       # The inner tape in input_gradients keeps J_s differentiable w.r.t. the
       # student's weights: double backpropagation.
       j_s, logits = input_gradients(lambda x: self.student(x, training=True),
                                     images, labels, self.gradient_of)
-      j_s = crop(j_s / PIXEL_SCALE)
+      j_s = self.crop(j_s / PIXEL_SCALE)
       disc_logits = self.discriminator(normalize_per_example(tf.concat([j_s, j_t], 0)),
                                        training=True)
       disc_labels = tf.concat([tf.zeros_like(labels), tf.ones_like(labels)], 0)

@@ -8,78 +8,70 @@ The export has two signatures, both taking float32 images [batch, H, W, C] in
 
 The gradient is that of the per-example *sum* of cross-entropies, so each
 example's gradient is its own, whatever else is in the batch (the saliency maps
-of the paper's Figure 1). Serve it with `tf.saved_model.load(export_dir)` or
-`saved_model_cli run`.
+of the paper's Figure 1). Serve it with `tf.saved_model.load(export_dir)`,
+`saved_model_cli run` or TF Serving.
 """
 
 import os
 import uuid
 
+import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-SIGNATURES = ('serving_default', 'input_gradients')
+
+def _check_images(images, image_shape):
+  # Signatures called by name (saved_model_cli, TF Serving, `.signatures[...]`)
+  # do not enforce the declared shape; EnsureShape does, at run time.
+  images = tf.ensure_shape(images, [None, *image_shape])
+  # A 0..255 image fed by mistake would otherwise give a confident wrong answer.
+  message = 'images must be float32 in [0, 1] (divide 0..255 pixels by 255)'
+  checks = [tf.debugging.assert_greater_equal(images, 0.0, message=message),
+            tf.debugging.assert_less_equal(images, 1.0, message=message)]
+  with tf.control_dependencies(checks):
+    return tf.identity(images)
 
 
-class _ServedClassifier(tf.Module):
-  """Holds the model and the two signature functions that tf.saved_model saves."""
+def _check_labels(labels, images, num_classes):
+  labels = tf.ensure_shape(labels, [None])
+  # On a GPU an out-of-range label gives a NaN loss instead of an error.
+  message = f'labels must be class indices in [0, {num_classes})'
+  checks = [
+      tf.debugging.assert_equal(tf.shape(labels)[0], tf.shape(images)[0],
+                                message='labels must have one entry per image'),
+      tf.debugging.assert_greater_equal(labels, tf.constant(0, tf.int64), message=message),
+      tf.debugging.assert_less(labels, tf.constant(num_classes, tf.int64), message=message),
+  ]
+  with tf.control_dependencies(checks):
+    return tf.identity(labels)
 
-  def __init__(self, model, image_shape, num_classes):
-    super().__init__(name='served_classifier')
-    self.model = model
-    self.image_shape = image_shape
-    self.num_classes = num_classes
-    images = tf.TensorSpec([None, *image_shape], tf.float32, name='images')
-    labels = tf.TensorSpec([None], tf.int64, name='labels')
-    self.serving_default = tf.function(self._serve, input_signature=[images])
-    self.input_gradients = tf.function(
-        self._input_gradients, input_signature=[images, labels])
 
-  def _serve(self, images):
-    logits = self._logits(self._checked_images(images))
+def _signature_functions(model, image_shape, num_classes):
+  """The Python functions behind `serving_default` and `input_gradients`."""
+
+  def logits_of(images):
+    # A mixed-precision student returns float16 logits; serve float32.
+    images = _check_images(images, image_shape)
+    return tf.cast(model(images, training=False), tf.float32)
+
+  def serving_default(images):
+    logits = logits_of(images)
     return {
         'logits': logits,
         'probabilities': tf.nn.softmax(logits),
         'classes': tf.argmax(logits, axis=-1, output_type=tf.int64),
     }
 
-  def _input_gradients(self, images, labels):
-    labels = self._checked_labels(labels, images)
-    with tf.GradientTape() as tape:
+  def input_gradients(images, labels):
+    labels = _check_labels(labels, images, num_classes)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
       tape.watch(images)
       cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels=labels, logits=self._logits(self._checked_images(images)))
-      total = tf.reduce_sum(cross_entropy)
+          labels=labels, logits=logits_of(images))
+      total = tf.reduce_sum(cross_entropy)  # a sum keeps each example's gradient its own
     return {'gradients': tape.gradient(total, images)}
 
-  def _logits(self, images):
-    # A mixed-precision student returns float16 logits; serve float32.
-    return tf.cast(self.model(images, training=False), tf.float32)
-
-  def _checked_images(self, images):
-    # Signatures called by name (saved_model_cli, TF Serving, `.signatures[...]`)
-    # do not enforce the declared shape; EnsureShape does, at run time.
-    images = tf.ensure_shape(images, [None, *self.image_shape])
-    # A 0..255 image fed by mistake would otherwise give a confident wrong answer.
-    message = 'images must be float32 in [0, 1] (divide 0..255 pixels by 255)'
-    checks = [tf.debugging.assert_greater_equal(images, 0.0, message=message),
-              tf.debugging.assert_less_equal(images, 1.0, message=message)]
-    with tf.control_dependencies(checks):
-      return tf.identity(images)
-
-  def _checked_labels(self, labels, images):
-    labels = tf.ensure_shape(labels, [None])
-    # On a GPU an out-of-range label gives a NaN loss instead of an error.
-    message = f'labels must be class indices in [0, {self.num_classes})'
-    checks = [
-        tf.debugging.assert_equal(tf.shape(labels)[0], tf.shape(images)[0],
-                                  message='labels must have one entry per image'),
-        tf.debugging.assert_greater_equal(labels, tf.constant(0, tf.int64), message=message),
-        tf.debugging.assert_less(labels, tf.constant(self.num_classes, tf.int64),
-                                 message=message),
-    ]
-    with tf.control_dependencies(checks):
-      return tf.identity(labels)
+  return serving_default, input_gradients
 
 
 def export_classifier(model, export_dir, image_shape, overwrite=False):
@@ -105,11 +97,19 @@ def export_classifier(model, export_dir, image_shape, overwrite=False):
                           'to replace it.')
   image_shape = tuple(int(d) for d in image_shape)
   num_classes = int(model(tf.zeros((1,) + image_shape), training=False).shape[-1])
-  served = _ServedClassifier(model, image_shape, num_classes)
+  serving_default, input_gradients = _signature_functions(model, image_shape, num_classes)
+  images = tf.TensorSpec([None, *image_shape], tf.float32, name='images')
+  labels = tf.TensorSpec([None], tf.int64, name='labels')
+  # ExportArchive saves the tf.Variables that the functions capture, which the
+  # TF1 loaders of saved_model_cli and TF Serving need (a tf.Module holding a
+  # Keras 3 model loads in TF2 only). archive.track(model) would store every
+  # weight a second time.
+  archive = keras.export.ExportArchive()
+  archive.add_endpoint('serving_default', serving_default, input_signature=[images])
+  archive.add_endpoint('input_gradients', input_gradients, input_signature=[images, labels])
   partial_dir = f'{export_dir}.partial-{uuid.uuid4().hex[:8]}'
   try:
-    tf.saved_model.save(served, partial_dir, signatures={
-        name: getattr(served, name) for name in SIGNATURES})
+    archive.write_out(partial_dir, verbose=False)
   except BaseException:
     if tf.io.gfile.exists(partial_dir):
       tf.io.gfile.rmtree(partial_dir)

@@ -13,7 +13,7 @@ from igam_tf.architectures import build_classifier
 from igam_tf.discriminator import build_discriminator
 from igam_tf.igam import IGAM
 from igam_tf.input_gradients import input_gradients
-from igam_tf.transforms import TeacherTransform
+from igam_tf.teacher import Teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,13 +21,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def make_igam(transform='channel_average', student_lr=0.05, disc_lr=1e-3, seed=0,
               student='madry_resnet', **kwargs):
   keras.utils.set_random_seed(seed)
-  teacher = build_classifier('simple_cnn', 3, (12, 12, 1), filters=(8, 16))
+  teacher = Teacher(build_classifier('simple_cnn', 5, (12, 12, 1), filters=(8, 16)), 3,
+                    transform)
+  teacher(tf.zeros((1, 12, 12, 3)))
   if student == 'madry_resnet':
     student = build_classifier('madry_resnet', 3, (12, 12, 3), activation='gelu',
                                filters=(4, 4, 8, 8), units_per_stage=1)
   else:
     student = build_classifier(student, 3, (12, 12, 3), activation='gelu', filters=(8, 16))
-  model = IGAM(student, teacher, build_discriminator(2, 4), TeacherTransform(transform), **kwargs)
+  model = IGAM(student, teacher, build_discriminator(2, 4),
+               gradient_window=teacher.transform.gradient_window((12, 12, 3)), **kwargs)
   model.compile(keras.optimizers.SGD(student_lr), keras.optimizers.SGD(disc_lr))
   model.build((None, 12, 12, 3))
   return model
@@ -62,7 +65,8 @@ class IGAMTest(tf.test.TestCase):
 
   def test_teacher_is_bit_identical_after_training(self):
     model = make_igam(transform='transpose_conv,avg_pool,channel_average')
-    frozen = model.teacher.weights + model.teacher_transform.weights
+    frozen = model.teacher.weights
+    self.assertLen(model.teacher.transform.weights, 2)  # the transposed convolution
     before = values(frozen)
     images, labels = fixed_batch()
     model.fit(images, labels, batch_size=8, epochs=2, verbose=0)

@@ -1,0 +1,92 @@
+"""The paper's baselines and the control a reviewer asks for first.
+
+- StandardTraining: cross-entropy on natural images.
+- PGDAdversarialTraining: Madry et al.'s PGD-k adversarial training.
+- GradientNormPenalty: double backpropagation (Drucker & LeCun 1991; Ross &
+  Doshi-Velez 2018): IGAM's L_diff with a zero teacher, so it measures what
+  regularizing input gradients gives without any robust teacher.
+(Logit-only finetuning is `teacher.Teacher` trained by `finetune_teacher`.)
+"""
+
+import keras
+import tensorflow as tf
+
+from igam_tf import attacks
+from igam_tf.igam import PIXEL_SCALE
+from igam_tf.igam import weight_decay_loss
+from igam_tf.input_gradients import input_gradients
+
+
+class StandardTraining(keras.Model):
+  """Trains `classifier` on cross-entropy plus L2 weight decay."""
+
+  def __init__(self, classifier, weight_decay=0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.classifier, self.weight_decay = classifier, weight_decay
+    self.loss_tracker = keras.metrics.Mean(name='loss')
+    self.xent_tracker = keras.metrics.Mean(name='xent')
+    self.accuracy = keras.metrics.SparseCategoricalAccuracy(name='accuracy')
+
+  def call(self, images, training=False):
+    return self.classifier(images, training=training)
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker, self.xent_tracker, self.accuracy]
+
+  def training_images(self, images, labels):
+    """What the classifier trains on: the images as given."""
+    return images
+
+  def logits_and_penalty(self, images, labels):
+    return self.classifier(images, training=True), 0.0
+
+  def train_step(self, data):
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
+    images = self.training_images(images, labels)
+    with tf.GradientTape() as tape:
+      logits, penalty = self.logits_and_penalty(images, labels)
+      xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
+          labels, logits, from_logits=True)) / global_batch
+      loss = xent + penalty + self.weight_decay * weight_decay_loss(self.classifier) / replicas
+    variables = self.classifier.trainable_variables
+    self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    self.loss_tracker.update_state(loss * replicas)
+    self.xent_tracker.update_state(xent * replicas)
+    self.accuracy.update_state(labels, logits)
+    return {m.name: m.result() for m in self.metrics}
+
+  def test_step(self, data):
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    self.accuracy.update_state(labels, self.classifier(images, training=False))
+    return {'accuracy': self.accuracy.result()}
+
+
+class PGDAdversarialTraining(StandardTraining):
+  """Trains on PGD-k adversarial examples (L-inf, random start), made afresh each step."""
+
+  def __init__(self, classifier, epsilon, step_size, steps, seed=0, **kwargs):
+    super().__init__(classifier, **kwargs)
+    self.epsilon, self.step_size, self.steps, self.seed = epsilon, step_size, steps, seed
+
+  def training_images(self, images, labels):
+    # A new random start every step, repeatable from the step number (so resumed runs match).
+    seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+    return tf.stop_gradient(attacks.pgd_linf(
+        self.classifier, images, labels, epsilon=self.epsilon, step_size=self.step_size,
+        steps=self.steps, seed=seed))
+
+
+class GradientNormPenalty(StandardTraining):
+  """Adds weight * ||J||^2 summed over the batch, J on the 0..255 scale as in IGAM."""
+
+  def __init__(self, classifier, penalty_weight, gradient_of='xent', **kwargs):
+    super().__init__(classifier, **kwargs)
+    self.penalty_weight, self.gradient_of = penalty_weight, gradient_of
+
+  def logits_and_penalty(self, images, labels):
+    gradients, logits = input_gradients(lambda x: self.classifier(x, training=True),
+                                        images, labels, self.gradient_of)
+    return logits, self.penalty_weight * tf.reduce_sum(tf.square(gradients / PIXEL_SCALE))

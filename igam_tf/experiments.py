@@ -1,0 +1,208 @@
+"""One function per training job (teacher finetuning, IGAM, each baseline): what the
+binaries run from their flags, and what the demo runs in sequence.
+
+Each job records its settings in its model folder (a restart must match them),
+builds its models inside the distribution strategy's scope, trains with
+`training.train` (checkpoints, resume, summaries, NaN stop) and saves the
+trained model with `model_io.save_model` for export and evaluation.
+"""
+
+import dataclasses
+import os
+
+import keras
+
+from igam_tf import baselines
+from igam_tf import data
+from igam_tf import distribution
+from igam_tf import model_io
+from igam_tf import optimization
+from igam_tf import training
+from igam_tf.discriminator import build_discriminator
+from igam_tf.igam import IGAM
+from igam_tf.teacher import Teacher
+
+METHODS = ('standard', 'pgd_at', 'finetune', 'grad_norm')
+
+
+@dataclasses.dataclass
+class DataSettings:
+  dataset: str
+  data_dir: str = None
+  classes: tuple = ()
+  image_size: int = None
+  augment: str = 'none'
+  pixel_noise: float = 0.0
+  batch_size: int = 64
+  validation_split: str = 'test'  # '' for none
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class OptimizerSettings:
+  optimizer: str = 'momentum'
+  learning_rate: float = 0.1
+  lr_boundaries: tuple = ()
+  lr_values: tuple = ()
+  momentum: float = 0.9
+  weight_decay: float = 2e-4
+
+  def build(self):
+    return optimization.build_optimizer(self.optimizer, self.learning_rate, self.lr_boundaries,
+                                        self.lr_values, self.momentum)
+
+
+@dataclasses.dataclass
+class RunSettings:
+  model_dir: str
+  train_steps: int
+  checkpoint_every: int = 1000
+  strategy: str = 'default'
+  summary_every: int = 50
+  verbose: object = 'auto'
+
+
+@dataclasses.dataclass
+class IGAMSettings:
+  gradient_of: str = 'xent'
+  adv_weight: float = 1.0
+  diff_weight: float = 10.0
+  disc_every: int = 1
+  igam_start_step: int = 0
+  disc_blocks: int = 4
+  disc_filters: int = 8
+  disc_optimizer: OptimizerSettings = dataclasses.field(
+      default_factory=lambda: OptimizerSettings(weight_decay=0.0))
+
+
+@dataclasses.dataclass
+class BaselineSettings:
+  epsilon: float = 8 / 255  # pgd_at
+  pgd_steps: int = 7
+  pgd_step_size: float = 2 / 255
+  penalty_weight: float = 10.0  # grad_norm
+  gradient_of: str = 'xent'
+
+
+def load_training_data(settings):
+  """Returns (train split, repeated training stream, validation batches or None)."""
+  classes = tuple(settings.classes or ())
+  train_split = data.load_dataset(settings.dataset, 'train', data_dir=settings.data_dir,
+                                  image_size=settings.image_size, classes=classes)
+  stream = data.make_pipeline(train_split, settings.batch_size, training=True,
+                              augment=settings.augment, pixel_noise=settings.pixel_noise,
+                              seed=settings.seed).repeat()
+  validation = None
+  if settings.validation_split:
+    split = data.load_dataset(settings.dataset, settings.validation_split,
+                              data_dir=settings.data_dir, image_size=settings.image_size,
+                              classes=classes)
+    validation = data.make_pipeline(split, settings.batch_size, training=False)
+  return train_split, stream, validation
+
+
+def _run(model, stream, validation, run, config, gradient_models, extra_trackables=None):
+  training.check_run_config(run.model_dir, config)
+  return training.train(model, stream, model_dir=run.model_dir, total_steps=run.train_steps,
+                        checkpoint_every=run.checkpoint_every, validation=validation,
+                        gradient_models=gradient_models, summary_every=run.summary_every,
+                        verbose=run.verbose, extra_trackables=extra_trackables)
+
+
+def _config(**settings):
+  return {name: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+          for name, value in settings.items() if name != 'run'} | {
+              'train_steps': settings['run'].train_steps,
+              'checkpoint_every': settings['run'].checkpoint_every}
+
+
+def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
+                     source_num_classes=None):
+  """Section 4.1: a new K-way head (and the transform's weights, if any) trained with
+  Adam on the target task; every source weight frozen. Returns the teacher."""
+  train_split, stream, validation = load_training_data(data_settings)
+  strategy = distribution.get_strategy(run.strategy)
+  with strategy.scope():
+    source_model, source_spec = model_io.load_source(source, num_classes=source_num_classes)
+    spec = model_io.teacher_spec(source_spec, train_split.num_classes, transform,
+                                 train_split.image_shape)
+    teacher = Teacher(source_model, train_split.num_classes, transform)
+    teacher(keras.ops.zeros((1,) + tuple(train_split.image_shape)))
+    model = baselines.StandardTraining(teacher)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+  _run(model, stream, validation, run,
+       _config(source=source, transform=transform, data=data_settings, run=run,
+               learning_rate=learning_rate), {'teacher': teacher})
+  model_io.save_model(run.model_dir, teacher, spec)
+  return teacher
+
+
+def train_igam(student_spec, teacher_dir, data_settings, optimizer, igam, run):
+  """Section 4.2: trains a student of `student_spec` with IGAM against the finetuned
+  teacher saved in `teacher_dir`. Returns the student."""
+  train_split, stream, validation = load_training_data(data_settings)
+  _check_same_task(student_spec, train_split, 'student')
+  strategy = distribution.get_strategy(run.strategy)
+  with strategy.scope():
+    teacher, teacher_spec = model_io.load_model(teacher_dir)
+    if teacher_spec['kind'] != 'teacher':
+      raise model_io.ModelError(f'{teacher_dir} holds a {teacher_spec["kind"]}, not a '
+                                f'finetuned teacher: run igam_tf.finetune_teacher first')
+    _check_same_task(teacher_spec, train_split, 'teacher')
+    student = model_io.build_model(student_spec)
+    model = IGAM(student, teacher, build_discriminator(igam.disc_blocks, igam.disc_filters),
+                 gradient_window=teacher.transform.gradient_window(train_split.image_shape),
+                 gradient_of=igam.gradient_of, adv_weight=igam.adv_weight,
+                 diff_weight=igam.diff_weight, disc_every=igam.disc_every,
+                 igam_start_step=igam.igam_start_step, weight_decay=optimizer.weight_decay)
+    model.compile(optimizer.build(), igam.disc_optimizer.build())
+  _run(model, stream, validation, run,
+       _config(student=student_spec, teacher=teacher_dir, data=data_settings,
+               optimizer=optimizer, igam=igam, run=run),
+       {'student': student, 'teacher': teacher},
+       extra_trackables={'discriminator_optimizer': model.discriminator_optimizer})
+  model_io.save_model(run.model_dir, student, student_spec)
+  return student
+
+
+def train_baseline(method, student_spec, data_settings, optimizer, baseline, run):
+  """Trains a baseline student: 'standard', 'pgd_at' or 'grad_norm'. ('finetune' is
+  `finetune_teacher`.) Returns the trained classifier."""
+  if method not in METHODS or method == 'finetune':
+    raise ValueError(f'train_baseline runs standard, pgd_at or grad_norm, got {method!r} '
+                     f'(finetune is finetune_teacher)')
+  train_split, stream, validation = load_training_data(data_settings)
+  _check_same_task(student_spec, train_split, 'student')
+  strategy = distribution.get_strategy(run.strategy)
+  with strategy.scope():
+    classifier = model_io.build_model(student_spec)
+    common = dict(weight_decay=optimizer.weight_decay)
+    if method == 'standard':
+      model = baselines.StandardTraining(classifier, **common)
+    elif method == 'pgd_at':
+      model = baselines.PGDAdversarialTraining(
+          classifier, epsilon=baseline.epsilon, step_size=baseline.pgd_step_size,
+          steps=baseline.pgd_steps, seed=data_settings.seed, **common)
+    else:
+      model = baselines.GradientNormPenalty(
+          classifier, penalty_weight=baseline.penalty_weight,
+          gradient_of=baseline.gradient_of, **common)
+    model.compile(optimizer=optimizer.build())
+  _run(model, stream, validation, run,
+       _config(method=method, student=student_spec, data=data_settings, optimizer=optimizer,
+               baseline=baseline, run=run), {method: classifier})
+  model_io.save_model(run.model_dir, classifier, student_spec)
+  return classifier
+
+
+def _check_same_task(spec, train_split, role):
+  if list(spec['image_shape']) != list(train_split.image_shape):
+    raise ValueError(f'The {role} takes images of shape {tuple(spec["image_shape"])}, but '
+                     f'{train_split.name} gives {train_split.image_shape} (see --image_size)')
+  if spec['num_classes'] != train_split.num_classes:
+    raise ValueError(f'The {role} has {spec["num_classes"]} classes, but {train_split.name} '
+                     f'(with --classes) has {train_split.num_classes}')
+
+
+def trained_model_exists(model_dir):
+  return os.path.exists(os.path.join(model_dir, model_io.SPEC_FILE))

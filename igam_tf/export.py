@@ -1,0 +1,92 @@
+"""Exports a MadryLab TF1 checkpoint as a SavedModel that serves with no project code.
+
+  python -m igam_tf.export --model=madry_cifar10 \
+      --checkpoint=models/adv_trained --export_dir=/tmp/madry_cifar10
+
+--checkpoint is a folder with a `checkpoint` index file (as in the release zips)
+or a prefix such as models/adv_trained/checkpoint-70000. The architecture's
+sizes (--num_classes, --filters, --units_per_stage) are read from the
+checkpoint unless given. The SavedModel's signatures, `serving_default` and
+`input_gradients`, are described in igam_tf/serving.py; inspect them with
+`saved_model_cli show --dir EXPORT_DIR --all`.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+from igam_tf import serving
+import madry_models
+
+MODELS = ('madry_mnist', 'madry_cifar10')
+
+
+def define_flags():
+  flags.DEFINE_enum('model', None, MODELS, 'The architecture the checkpoint holds.')
+  flags.DEFINE_string('checkpoint', None, 'A TF1 checkpoint folder or prefix.')
+  flags.DEFINE_string('export_dir', None, 'Where to write the SavedModel.')
+  flags.DEFINE_integer('num_classes', None, 'Classes of the logit head. Unset: read from '
+                       'the checkpoint.', lower_bound=2)
+  flags.DEFINE_list('filters', None, 'madry_cifar10 only: widths of the first conv and the '
+                    '3 stages, e.g. 16,160,320,640. Unset: read from the checkpoint.')
+  flags.DEFINE_integer('units_per_stage', None, 'madry_cifar10 only: residual units per '
+                       'stage. Unset: read from the checkpoint.', lower_bound=1)
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing non-empty --export_dir.')
+  flags.mark_flags_as_required(['model', 'checkpoint', 'export_dir'])
+  flags.register_validator('filters', lambda value: value is None or all(
+      v.strip().isdigit() for v in value), message='--filters takes comma-separated integers')
+
+
+def load_model(model, checkpoint, num_classes=None, filters=None, units_per_stage=None):
+  """Builds `model` (one of MODELS) and loads `checkpoint` into it.
+
+  Sizes left as None are read from the checkpoint. Raises
+  madry_models.CheckpointError if the checkpoint is missing or does not fit,
+  ValueError for sizes the architecture cannot take.
+  """
+  if model == 'madry_mnist':
+    if filters or units_per_stage:
+      raise ValueError('--filters and --units_per_stage apply to madry_cifar10 only.')
+    return madry_models.load_madry_mnist(checkpoint, num_classes=num_classes)
+  return madry_models.load_madry_resnet(
+      checkpoint, filters=filters, units_per_stage=units_per_stage, num_classes=num_classes)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  # Refuse before spending time on a large checkpoint.
+  if (not f.overwrite and tf.io.gfile.exists(f.export_dir)
+      and tf.io.gfile.listdir(f.export_dir)):
+    print(f'ERROR: --export_dir={f.export_dir} exists and is not empty; pass --overwrite '
+          'to replace it.', file=sys.stderr)
+    return 1
+  filters = tuple(int(v) for v in f.filters) if f.filters else None
+  try:
+    prefix = madry_models.resolve_checkpoint(f.checkpoint)
+    model = load_model(f.model, prefix, f.num_classes, filters, f.units_per_stage)
+  except madry_models.CheckpointError as e:
+    print(f'ERROR: cannot load --checkpoint={f.checkpoint} as --model={f.model}: {e}',
+          file=sys.stderr)
+    return 1
+  except ValueError as e:  # sizes the architecture cannot take
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 1
+  num_classes = serving.export_classifier(
+      model, f.export_dir, type(model).input_image_shape, overwrite=f.overwrite)
+  description = f'{f.model}, {num_classes} classes'
+  if f.model == 'madry_cifar10':
+    description += (f', filters {",".join(map(str, model.filters))}, '
+                    f'{model.units_per_stage} units per stage')
+  print(f'Loaded {prefix} ({description}).')
+  print(f'Wrote a SavedModel to {f.export_dir} with signatures:')
+  print(serving.describe_signatures(f.export_dir))
+  return 0
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,101 @@
+"""Saving and loading the models this project trains, and naming source models.
+
+A trained model folder holds `model.json` (how to build the model: a spec) and
+`model.weights.h5`. Specs are plain dicts:
+  {"kind": "classifier", "architecture": ..., "num_classes": ..., "image_shape": ...,
+   "activation": ..., "filters": ..., "units_per_stage": ...}
+  {"kind": "teacher", "source": <classifier spec>, "num_classes": ...,
+   "transform": "channel_average,center_crop:28", "image_shape": ...}
+"""
+
+import json
+import os
+
+import keras
+
+import madry_models
+from igam_tf.architectures import build_classifier
+from igam_tf.teacher import Teacher
+
+SPEC_FILE, WEIGHTS_FILE = 'model.json', 'model.weights.h5'
+
+
+class ModelError(ValueError):
+  """A model folder or source that cannot be used as asked."""
+
+
+def classifier_spec(architecture, num_classes, image_shape, activation=None, filters=None,
+                    units_per_stage=5):
+  return {'kind': 'classifier', 'architecture': architecture, 'num_classes': int(num_classes),
+          'image_shape': [int(d) for d in image_shape], 'activation': activation,
+          'filters': [int(f) for f in filters] if filters else None,
+          'units_per_stage': int(units_per_stage)}
+
+
+def teacher_spec(source_spec, num_classes, transform, image_shape):
+  return {'kind': 'teacher', 'source': source_spec, 'num_classes': int(num_classes),
+          'transform': transform or '', 'image_shape': [int(d) for d in image_shape]}
+
+
+def build_model(spec):
+  """Builds a model with fresh weights from its spec."""
+  if spec['kind'] == 'classifier':
+    return build_classifier(spec['architecture'], spec['num_classes'], spec['image_shape'],
+                            activation=spec['activation'], filters=spec['filters'],
+                            units_per_stage=spec['units_per_stage'])
+  if spec['kind'] == 'teacher':
+    teacher = Teacher(build_model(spec['source']), spec['num_classes'], spec['transform'])
+    teacher(keras.ops.zeros([1] + spec['image_shape']))
+    return teacher
+  raise ModelError(f'Unknown model kind {spec["kind"]!r} in a model spec')
+
+
+def save_model(model_dir, model, spec):
+  """Writes spec and weights; each file appears whole (written aside, then renamed)."""
+  os.makedirs(model_dir, exist_ok=True)
+  weights = os.path.join(model_dir, WEIGHTS_FILE)
+  model.save_weights(weights + '.partial.weights.h5')
+  os.replace(weights + '.partial.weights.h5', weights)
+  with open(os.path.join(model_dir, SPEC_FILE + '.partial'), 'w') as f:
+    json.dump(spec, f, indent=2)
+  os.replace(os.path.join(model_dir, SPEC_FILE + '.partial'), os.path.join(model_dir, SPEC_FILE))
+
+
+def load_model(model_dir):
+  """Returns (model, spec) of a folder written by `save_model`."""
+  spec_path = os.path.join(model_dir, SPEC_FILE)
+  if not os.path.exists(spec_path):
+    raise ModelError(f'{model_dir!r} is not a trained model folder: it has no {SPEC_FILE} '
+                     f'(training writes it when it finishes)')
+  with open(spec_path) as f:
+    spec = json.load(f)
+  model = build_model(spec)
+  try:
+    model.load_weights(os.path.join(model_dir, WEIGHTS_FILE))
+  except (ValueError, OSError, FileNotFoundError) as e:
+    raise ModelError(f'Cannot load the weights in {model_dir!r}: {e}') from e
+  return model, spec
+
+
+def load_source(source, num_classes=None, filters=None, units_per_stage=None):
+  """A source model named on the command line, as (model, classifier spec).
+
+  `madry_mnist:PATH` or `madry_cifar10:PATH` load a MadryLab TF1 checkpoint (a
+  folder or a prefix); anything else is a folder this project trained.
+  """
+  kind, _, path = source.partition(':')
+  if kind == 'madry_mnist' and path:
+    model = madry_models.load_madry_mnist(path, num_classes=num_classes)
+    return model, classifier_spec('madry_mnist', model.num_classes,
+                                  madry_models.MadryMNIST.input_image_shape)
+  if kind == 'madry_cifar10' and path:
+    model = madry_models.load_madry_resnet(path, filters=filters,
+                                           units_per_stage=units_per_stage,
+                                           num_classes=num_classes)
+    return model, classifier_spec('madry_resnet', model.num_classes,
+                                  madry_models.MadryResNet.input_image_shape,
+                                  filters=model.filters, units_per_stage=model.units_per_stage)
+  if os.path.isdir(source):
+    return load_model(source)
+  raise ModelError(f'Source model {source!r} is neither madry_mnist:PATH, madry_cifar10:PATH '
+                   f'nor a trained model folder')
