@@ -73,9 +73,9 @@ class PGDAdversarialTraining(StandardTraining):
 
   def training_images(self, images, labels):
     # A new random start every step, repeatable from the step number (so resumed runs match).
-    seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+    seed = self.seed * 2**24 + tf.cast(self.optimizer.iterations, tf.int64)
     return tf.stop_gradient(attacks.pgd_linf(
-        self.classifier, images, labels, epsilon=self.epsilon, step_size=self.step_size,
+        self.classifier, images, labels, eps=self.epsilon, step_size=self.step_size,
         steps=self.steps, seed=seed))
 
 

@@ -141,7 +141,7 @@ def train_igam(student_spec, teacher_dir, data_settings, optimizer, igam, run):
   """Section 4.2: trains a student of `student_spec` with IGAM against the finetuned
   teacher saved in `teacher_dir`. Returns the student."""
   train_split, stream, validation = load_training_data(data_settings)
-  _check_same_task(student_spec, train_split, 'student')
+  student_spec = _fit_to_task(student_spec, train_split, 'student')
   strategy = distribution.get_strategy(run.strategy)
   with strategy.scope():
     teacher, teacher_spec = model_io.load_model(teacher_dir)
@@ -172,7 +172,7 @@ def train_baseline(method, student_spec, data_settings, optimizer, baseline, run
     raise ValueError(f'train_baseline runs standard, pgd_at or grad_norm, got {method!r} '
                      f'(finetune is finetune_teacher)')
   train_split, stream, validation = load_training_data(data_settings)
-  _check_same_task(student_spec, train_split, 'student')
+  student_spec = _fit_to_task(student_spec, train_split, 'student')
   strategy = distribution.get_strategy(run.strategy)
   with strategy.scope():
     classifier = model_io.build_model(student_spec)
@@ -193,6 +193,15 @@ def train_baseline(method, student_spec, data_settings, optimizer, baseline, run
                baseline=baseline, run=run), {method: classifier})
   model_io.save_model(run.model_dir, classifier, student_spec)
   return classifier
+
+
+def _fit_to_task(spec, train_split, role):
+  """Fills in the spec's classes and image shape from the data, or checks them."""
+  spec = dict(spec)
+  spec['num_classes'] = spec['num_classes'] or train_split.num_classes
+  spec['image_shape'] = spec['image_shape'] or list(train_split.image_shape)
+  _check_same_task(spec, train_split, role)
+  return spec
 
 
 def _check_same_task(spec, train_split, role):

@@ -1,7 +1,9 @@
-"""Exports a MadryLab TF1 checkpoint as a SavedModel that serves with no project code.
+"""Exports a MadryLab TF1 checkpoint, or a model this project trained, as a SavedModel
+that serves with no project code.
 
   python -m igam_tf.export --model=madry_cifar10 \
       --checkpoint=models/adv_trained --export_dir=/tmp/madry_cifar10
+  python -m igam_tf.export --model=trained --model_dir=runs/igam --export_dir=/tmp/igam
 
 --checkpoint is a folder with a `checkpoint` index file (as in the release zips)
 or a prefix such as models/adv_trained/checkpoint-70000. The architecture's
@@ -17,15 +19,18 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from igam_tf import model_io
 from igam_tf import serving
 import madry_models
 
-MODELS = ('madry_mnist', 'madry_cifar10')
+MODELS = ('madry_mnist', 'madry_cifar10', 'trained')
 
 
 def define_flags():
-  flags.DEFINE_enum('model', None, MODELS, 'The architecture the checkpoint holds.')
+  flags.DEFINE_enum('model', None, MODELS, 'The architecture the checkpoint holds, or '
+                    '"trained" for a --model_dir written by this project\'s training.')
   flags.DEFINE_string('checkpoint', None, 'A TF1 checkpoint folder or prefix.')
+  flags.DEFINE_string('model_dir', None, '--model=trained: the trained model\'s folder.')
   flags.DEFINE_string('export_dir', None, 'Where to write the SavedModel.')
   flags.DEFINE_integer('num_classes', None, 'Classes of the logit head. Unset: read from '
                        'the checkpoint.', lower_bound=2)
@@ -34,7 +39,7 @@ def define_flags():
   flags.DEFINE_integer('units_per_stage', None, 'madry_cifar10 only: residual units per '
                        'stage. Unset: read from the checkpoint.', lower_bound=1)
   flags.DEFINE_bool('overwrite', False, 'Replace an existing non-empty --export_dir.')
-  flags.mark_flags_as_required(['model', 'checkpoint', 'export_dir'])
+  flags.mark_flags_as_required(['model', 'export_dir'])
   flags.register_validator('filters', lambda value: value is None or all(
       v.strip().isdigit() for v in value), message='--filters takes comma-separated integers')
 
@@ -64,6 +69,10 @@ def main(argv):
     print(f'ERROR: --export_dir={f.export_dir} exists and is not empty; pass --overwrite '
           'to replace it.', file=sys.stderr)
     return 1
+  if f.model == 'trained':
+    return export_trained(f.model_dir, f.export_dir, f.overwrite)
+  if not f.checkpoint:
+    raise app.UsageError(f'--model={f.model} needs --checkpoint')
   filters = tuple(int(v) for v in f.filters) if f.filters else None
   try:
     prefix = madry_models.resolve_checkpoint(f.checkpoint)
@@ -84,6 +93,22 @@ def main(argv):
   print(f'Loaded {prefix} ({description}).')
   print(f'Wrote a SavedModel to {f.export_dir} with signatures:')
   print(serving.describe_signatures(f.export_dir))
+  return 0
+
+
+def export_trained(model_dir, export_dir, overwrite):
+  if not model_dir:
+    raise app.UsageError('--model=trained needs --model_dir')
+  try:
+    model, spec = model_io.load_model(model_dir)
+  except model_io.ModelError as e:
+    print(f'ERROR: cannot load --model_dir={model_dir}: {e}', file=sys.stderr)
+    return 1
+  num_classes = serving.export_classifier(model, export_dir, tuple(spec['image_shape']),
+                                          overwrite=overwrite)
+  print(f'Loaded {model_dir} ({spec.get("architecture", spec["kind"])}, {num_classes} classes).')
+  print(f'Wrote a SavedModel to {export_dir} with signatures:')
+  print(serving.describe_signatures(export_dir))
   return 0
 
 

@@ -24,10 +24,14 @@ class ModelError(ValueError):
   """A model folder or source that cannot be used as asked."""
 
 
-def classifier_spec(architecture, num_classes, image_shape, activation=None, filters=None,
-                    units_per_stage=5):
-  return {'kind': 'classifier', 'architecture': architecture, 'num_classes': int(num_classes),
-          'image_shape': [int(d) for d in image_shape], 'activation': activation,
+def classifier_spec(architecture, num_classes=None, image_shape=None, activation=None,
+                    filters=None, units_per_stage=5):
+  """num_classes and image_shape may be left None for a training job to fill in from
+  its dataset."""
+  return {'kind': 'classifier', 'architecture': architecture,
+          'num_classes': int(num_classes) if num_classes else None,
+          'image_shape': [int(d) for d in image_shape] if image_shape else None,
+          'activation': activation,
           'filters': [int(f) for f in filters] if filters else None,
           'units_per_stage': int(units_per_stage)}
 

@@ -164,7 +164,8 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
                           gradient_models or {}, images, labels)]
   history = model.fit(dataset.skip(done), epochs=total_steps // checkpoint_every,
                       initial_epoch=done // checkpoint_every, steps_per_epoch=checkpoint_every,
-                      validation_data=validation, callbacks=callbacks, verbose=verbose)
+                      validation_data=validation, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)  # the stream is shuffled by the data pipeline
   if nan_guard.bad_step is not None:
     kept = manager.latest_checkpoint or 'none yet'
     raise TrainingError(

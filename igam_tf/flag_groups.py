@@ -1,0 +1,116 @@
+"""Flag groups the training binaries share, and their conversion to settings.
+
+Only binaries import this module (flags are defined under their `__main__`);
+the converters take the parsed flag values as an argument and never read the
+global FLAGS themselves.
+"""
+
+import functools
+import sys
+
+from absl import flags
+
+from igam_tf import architectures
+from igam_tf import distribution
+from igam_tf import experiments
+from igam_tf import model_io
+from igam_tf import optimization
+from igam_tf import training
+
+
+def define_data_flags(default_dataset='cifar10', default_batch_size=128):
+  flags.DEFINE_string('dataset', default_dataset,
+                      'mnist, fashion_mnist, cifar10, cifar100, digits, idx:DIR, '
+                      'tiny_imagenet:DIR or npz:PATH (see igam_tf/data.py).')
+  flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
+  flags.DEFINE_list('classes', [], 'Keep only these class ids, relabelled 0..K-1.')
+  flags.DEFINE_integer('image_size', None, 'Resize images to this square size.')
+  flags.DEFINE_enum('augment', 'none', ['none', 'madry'],
+                    'madry: pad, random crop and horizontal flip (Madry CIFAR).')
+  flags.DEFINE_float('pixel_noise', 0.0, 'Uniform pixel noise U(-a, a) on the [0, 1] scale '
+                     '(the authors used 8/255 for CIFAR-10 -> CIFAR-100).')
+  flags.DEFINE_integer('batch_size', default_batch_size, 'Global batch size.', lower_bound=1)
+  flags.DEFINE_string('validation_split', 'test', 'Split evaluated at each checkpoint; '
+                      'empty for none.')
+  flags.DEFINE_integer('seed', 0, 'Seeds data order, augmentation and attacks.')
+
+
+def define_run_flags(default_steps=1000, default_checkpoint_every=100):
+  flags.DEFINE_string('model_dir', None, 'Checkpoints, TensorBoard logs and the trained model '
+                      'go here; a rerun with the same flags resumes.')
+  flags.DEFINE_integer('train_steps', default_steps, 'Training steps.', lower_bound=1)
+  flags.DEFINE_integer('checkpoint_every', default_checkpoint_every,
+                       'Steps between checkpoints (train_steps must be a multiple).',
+                       lower_bound=1)
+  flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
+                    'mirrored: all local GPUs; multi_worker_mirrored: machines in TF_CONFIG.')
+  flags.DEFINE_integer('summary_every', 50, 'Steps between TensorBoard scalars.')
+  flags.mark_flag_as_required('model_dir')
+
+
+def define_optimizer_flags(prefix='', optimizer='momentum', learning_rate=0.1,
+                           weight_decay=2e-4, help_owner='the student'):
+  flags.DEFINE_enum(f'{prefix}optimizer', optimizer, optimization.OPTIMIZERS,
+                    f'Optimizer of {help_owner}.')
+  flags.DEFINE_float(f'{prefix}learning_rate', learning_rate,
+                     f'Learning rate of {help_owner} (before any schedule).')
+  flags.DEFINE_list(f'{prefix}lr_boundaries', [], f'Steps where the learning rate of '
+                    f'{help_owner} changes, e.g. 40000,60000.')
+  flags.DEFINE_list(f'{prefix}lr_values', [], 'The piecewise rates, one more than the '
+                    'boundaries, e.g. 0.1,0.01,0.001.')
+  flags.DEFINE_float(f'{prefix}momentum', 0.9, f'Momentum of {help_owner} (momentum only).')
+  flags.DEFINE_float(f'{prefix}weight_decay', weight_decay,
+                     f'L2 weight decay of {help_owner}\'s kernels.')
+
+
+def define_student_flags(architecture='madry_resnet'):
+  flags.DEFINE_enum('student_architecture', architecture, architectures.ARCHITECTURES,
+                    'The student\'s architecture (any, whatever the teacher\'s).')
+  flags.DEFINE_string('student_activation', None, 'Activation: the architecture\'s own when '
+                      'unset; e.g. gelu, elu or softplus for useful second derivatives.')
+  flags.DEFINE_list('student_filters', [], 'madry_resnet: 4 widths (16,160,320,640 is WRN '
+                    '32-10); simple_cnn: layer widths. Unset: small defaults.')
+  flags.DEFINE_integer('student_units_per_stage', 5, 'madry_resnet: residual units per stage.')
+
+
+def data_settings(f):
+  return experiments.DataSettings(
+      dataset=f.dataset, data_dir=f.data_dir, classes=tuple(int(c) for c in f.classes),
+      image_size=f.image_size, augment=f.augment, pixel_noise=f.pixel_noise,
+      batch_size=f.batch_size, validation_split=f.validation_split, seed=f.seed)
+
+
+def run_settings(f):
+  return experiments.RunSettings(model_dir=f.model_dir, train_steps=f.train_steps,
+                                 checkpoint_every=f.checkpoint_every, strategy=f.strategy,
+                                 summary_every=f.summary_every)
+
+
+def optimizer_settings(f, prefix=''):
+  value = lambda name: getattr(f, prefix + name)
+  return experiments.OptimizerSettings(
+      optimizer=value('optimizer'), learning_rate=value('learning_rate'),
+      lr_boundaries=tuple(int(b) for b in value('lr_boundaries')),
+      lr_values=tuple(float(v) for v in value('lr_values')),
+      momentum=value('momentum'), weight_decay=value('weight_decay'))
+
+
+def student_spec(f):
+  """Classes and image shape are filled in from the dataset by the training job."""
+  return model_io.classifier_spec(
+      f.student_architecture, activation=f.student_activation,
+      filters=tuple(int(v) for v in f.student_filters) or None,
+      units_per_stage=f.student_units_per_stage)
+
+
+def reports_errors(main):
+  """Bad input (a flag, a file, a checkpoint) or a diverged run ends the binary with a
+  one-line error instead of a traceback."""
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except (ValueError, training.TrainingError) as e:
+      print(f'ERROR: {e}', file=sys.stderr)
+      return 1
+  return wrapped

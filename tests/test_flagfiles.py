@@ -1,0 +1,148 @@
+"""Every flagfile of flags/ parses and starts its run: each row of the paper's tables,
+with tiny step counts, small widths and mock data (tfds.testing.mock_data), its
+checkpoint paths and data folders moved into a temporary folder the test makes."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import tensorflow as tf
+
+from tests import tf1_reference
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS_DIR = os.path.join(REPO, 'flags')
+# Training order: sources before the teachers finetuned from them, teachers before students.
+BINARY_ORDER = ('train_baseline', 'finetune_teacher', 'train_igam', 'demo')
+
+_RUNNER = textwrap.dedent('''
+    import importlib, json, os, sys
+    from absl import flags
+    import tensorflow_datasets as tfds
+    job = json.loads(sys.argv[1])
+    module = importlib.import_module('igam_tf.' + job['binary'])
+    module.define_flags()
+    with tfds.testing.mock_data(num_examples=12):
+      for argv in job['runs']:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(['prog'] + argv)
+        print('RUN', argv[0], 'EXIT', module.main(['prog']), flush=True)
+''')
+
+
+def read_flagfile(name):
+  """The flags a flagfile sets, includes followed; and the binary its header names."""
+  values, binary = {}, None
+  with open(os.path.join(FLAGS_DIR, name)) as f:
+    for line in f:
+      match = re.match(r'# Run: python -m igam_tf\.(\w+) --flagfile=flags/(\S+)$', line.strip())
+      if match:
+        binary = match.group(1)
+        assert match.group(2) == name, f'{name} names another flagfile in its Run line'
+      match = re.match(r'--([\w]+)=(.*)$', line.strip())
+      if match and match.group(1) == 'flagfile':
+        values.update(read_flagfile(os.path.basename(match.group(2)))[0])
+      elif match:
+        values[match.group(1)] = match.group(2)
+  return values, binary
+
+
+def runnable_flagfiles():
+  return sorted(n for n in os.listdir(FLAGS_DIR) if n.endswith('.cfg') and
+                not n.startswith('common_'))
+
+
+def make_tiny_imagenet(root, wnids=('n01', 'n02', 'n03')):
+  rng = np.random.RandomState(0)
+  with open(os.path.join(root, 'wnids.txt'), 'w') as f:
+    f.write('\n'.join(wnids) + '\n')
+  annotations = []
+  for k, wnid in enumerate(wnids):
+    os.makedirs(os.path.join(root, 'train', wnid, 'images'))
+    for i in range(4):
+      image = tf.constant(rng.randint(0, 256, (64, 64, 3)).astype(np.uint8))
+      tf.io.write_file(os.path.join(root, 'train', wnid, 'images', f'{wnid}_{i}.JPEG'),
+                       tf.io.encode_jpeg(image))
+    annotations.append(f'val_{k}.JPEG\t{wnid}\t0\t0\t63\t63')
+    os.makedirs(os.path.join(root, 'val', 'images'), exist_ok=True)
+    tf.io.write_file(os.path.join(root, 'val', 'images', f'val_{k}.JPEG'), tf.io.encode_jpeg(
+        tf.constant(rng.randint(0, 256, (64, 64, 3)).astype(np.uint8))))
+  with open(os.path.join(root, 'val', 'val_annotations.txt'), 'w') as f:
+    f.write('\n'.join(annotations) + '\n')
+
+
+class FlagfileTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    make_tiny_imagenet(os.path.join(cls.root, 'data', 'tiny-imagenet-200'))
+    # MadryLab-like source checkpoints, where the flagfiles expect the fetched releases.
+    cls.madry = {
+        'madry_mnist': tf1_reference.build_madry_mnist_checkpoint(
+            os.path.join(cls.root, 'madry_mnist'))[0],
+        'madry_cifar10': tf1_reference.build_madry_cifar_checkpoint(
+            os.path.join(cls.root, 'madry_cifar10'), units_per_stage=1)[0],
+    }
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  def overrides(self, values):
+    """Small and quick, and every path inside the temporary folder."""
+    argv = ['--train_steps=2', '--checkpoint_every=1', '--batch_size=4', '--summary_every=1']
+    for name, value in values.items():
+      if name in ('model_dir', 'teacher') or (name == 'source' and value.startswith('runs/')):
+        argv.append(f'--{name}={os.path.join(self.root, value)}')
+      elif name == 'source':
+        argv.append(f'--source={value.split(":")[0]}:{self.madry[value.split(":")[0]]}')
+      elif name == 'dataset' and value.startswith('tiny_imagenet:'):
+        argv.append(f'--dataset=tiny_imagenet:{os.path.join(self.root, value.split(":")[1])}')
+      elif name == 'student_filters':
+        argv.append('--student_filters=4,4,8,8')
+      elif name == 'student_units_per_stage':
+        argv.append('--student_units_per_stage=1')
+      elif name == 'igam_start_step':
+        argv.append('--igam_start_step=1')  # so the IGAM terms run within the 2 steps
+    return argv
+
+  def test_every_flagfile_names_its_binary_and_sets_known_flags(self):
+    names = runnable_flagfiles()
+    self.assertGreaterEqual(len(names), 30)
+    for name in names:
+      values, binary = read_flagfile(name)
+      self.assertIn(binary, BINARY_ORDER, f'{name} has no "# Run: python -m igam_tf.X" line')
+      self.assertIn('model_dir', values, name)
+
+  def test_every_flagfile_starts_its_run(self):
+    jobs = {binary: [] for binary in BINARY_ORDER}
+    for name in runnable_flagfiles():
+      values, binary = read_flagfile(name)
+      jobs[binary].append(([f'--flagfile=flags/{name}'] + self.overrides(values),
+                           os.path.join(self.root, values['model_dir'])))
+    for binary in BINARY_ORDER:
+      if not jobs[binary]:
+        continue
+      result = subprocess.run(
+          [sys.executable, '-c', _RUNNER,
+           json.dumps({'binary': binary, 'runs': [argv for argv, _ in jobs[binary]]})],
+          cwd=REPO, capture_output=True, text=True, timeout=900)
+      self.assertEqual(result.returncode, 0, f'{binary}:\n{result.stderr[-4000:]}')
+      exits = re.findall(r'^RUN (\S+) EXIT (\S+)$', result.stdout, re.M)
+      self.assertLen(exits, len(jobs[binary]), result.stderr[-4000:])
+      for (flagfile, code), (_, model_dir) in zip(exits, jobs[binary]):
+        self.assertIn(code, ('0', 'None'), f'{flagfile} failed:\n{result.stderr[-4000:]}')
+        self.assertTrue(os.path.exists(os.path.join(model_dir, 'model.json')), flagfile)
+
+
+if __name__ == '__main__':
+  tf.test.main()
