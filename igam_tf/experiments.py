@@ -85,7 +85,12 @@ class BaselineSettings:
 
 
 def load_training_data(settings):
-  """Returns (train split, repeated training stream, validation batches or None)."""
+  """Returns (train split, repeated training stream, validation batches or None).
+
+  Seeds every random generator from `settings.seed` first, so a job's initial weights
+  and data order are the same each time it starts (a resumed run skips the batches it
+  has done)."""
+  keras.utils.set_random_seed(settings.seed)
   classes = tuple(settings.classes or ())
   train_split = data.load_dataset(settings.dataset, 'train', data_dir=settings.data_dir,
                                   image_size=settings.image_size, classes=classes)
@@ -101,12 +106,12 @@ def load_training_data(settings):
   return train_split, stream, validation
 
 
-def _run(model, stream, validation, run, config, gradient_models, extra_trackables=None):
+def _run(model, stream, validation, run, config, gradient_models):
   training.check_run_config(run.model_dir, config)
   return training.train(model, stream, model_dir=run.model_dir, total_steps=run.train_steps,
                         checkpoint_every=run.checkpoint_every, validation=validation,
                         gradient_models=gradient_models, summary_every=run.summary_every,
-                        verbose=run.verbose, extra_trackables=extra_trackables)
+                        verbose=run.verbose)
 
 
 def _config(**settings):
@@ -159,8 +164,7 @@ def train_igam(student_spec, teacher_dir, data_settings, optimizer, igam, run):
   _run(model, stream, validation, run,
        _config(student=student_spec, teacher=teacher_dir, data=data_settings,
                optimizer=optimizer, igam=igam, run=run),
-       {'student': student, 'teacher': teacher},
-       extra_trackables={'discriminator_optimizer': model.discriminator_optimizer})
+       {'student': student, 'teacher': teacher})
   model_io.save_model(run.model_dir, student, student_spec)
   return student
 

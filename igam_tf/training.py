@@ -115,12 +115,22 @@ def gradients_for_display(gradients):
   return 0.5 + 0.5 * gradients / scale
 
 
+def _optimizers_of(model):
+  """model.optimizer, then any other optimizer the model holds (IGAM's discriminator's)."""
+  found = [model.optimizer]
+  for value in vars(model).values():
+    if isinstance(value, keras.optimizers.Optimizer) and all(value is not o for o in found):
+      found.append(value)
+  return found
+
+
 def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validation=None,
-          gradient_models=None, summary_every=50, verbose='auto', extra_trackables=None):
+          gradient_models=None, summary_every=50, verbose='auto'):
   """Fits a compiled `model` for `total_steps` steps, resuming from `model_dir`.
 
   Args:
-    model: a compiled keras.Model (its `optimizer.iterations` counts the steps).
+    model: a compiled keras.Model (its `optimizer.iterations` counts the steps). Its
+      weights and the state of every optimizer it holds are checkpointed.
     dataset: the training stream of (images, labels) batches, repeated forever and
       deterministic, so that skipping the steps already done resumes it exactly.
     model_dir: checkpoints go to `model_dir/checkpoints`, TensorBoard logs to
@@ -129,7 +139,6 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
     validation: an optional finite dataset evaluated at every checkpoint.
     gradient_models: {name: classifier} whose input gradients on a validation batch
       go to TensorBoard as images.
-    extra_trackables: more objects to checkpoint besides the model and its optimizer.
 
   Returns the Keras History of this call (empty when already finished).
   Raises TrainingError when the loss goes NaN; the last good checkpoint stays.
@@ -142,12 +151,19 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
     model.build(images_shape)
   if not model.optimizer.built:
     model.optimizer.build(model.trainable_variables)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                   **(extra_trackables or {}))
+  # Flat lists of every variable: TF's object-graph tracking misses variables that Keras
+  # keeps in plain Python lists (e.g. the BN statistics of MadryResNet's units).
+  checkpoint = tf.train.Checkpoint(
+      weights=list(model.weights),
+      optimizers=[list(optimizer.variables) for optimizer in _optimizers_of(model)])
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, CHECKPOINTS),
                                        max_to_keep=3)
   if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    try:
+      checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+    except (AssertionError, ValueError) as e:
+      raise TrainingError(f'{manager.latest_checkpoint} does not fit this model, so the run '
+                          f'cannot resume: {e}') from e
     logging.info('Resumed from %s', manager.latest_checkpoint)
   done = int(model.optimizer.iterations.numpy())
   if done >= total_steps:

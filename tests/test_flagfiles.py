@@ -60,6 +60,7 @@ def runnable_flagfiles():
 
 def make_tiny_imagenet(root, wnids=('n01', 'n02', 'n03')):
   rng = np.random.RandomState(0)
+  os.makedirs(root)
   with open(os.path.join(root, 'wnids.txt'), 'w') as f:
     f.write('\n'.join(wnids) + '\n')
   annotations = []

@@ -1,0 +1,185 @@
+"""The shared training loop: resume, NaN stop, run settings, TensorBoard, binary errors."""
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from igam_tf import experiments
+from igam_tf import model_io
+from igam_tf import training
+from igam_tf.architectures import build_classifier
+from igam_tf.baselines import StandardTraining
+from igam_tf.discriminator import build_discriminator
+from igam_tf.igam import IGAM
+from igam_tf.teacher import Teacher
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stream(seed=0, poison_from=None, poison=np.nan):
+  """A deterministic, endless stream of 8 x 12x12x3 batches; from batch `poison_from`
+  on, its images are `poison` (NaN, or a raising py_function when poison is None)."""
+  rng = np.random.RandomState(seed)
+  images = rng.rand(64, 12, 12, 3).astype(np.float32)
+  labels = rng.randint(0, 3, 64)
+  batches = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(
+      64, seed=seed, reshuffle_each_iteration=True).batch(8, drop_remainder=True).repeat()
+  if poison_from is None:
+    return batches
+
+  def interrupt():
+    raise KeyboardInterrupt('simulated interruption')
+
+  def maybe_poison(index, batch):
+    x, y = batch
+    if poison is None:
+      x = tf.cond(index >= poison_from,
+                  lambda: tf.ensure_shape(tf.py_function(interrupt, [], tf.float32), x.shape),
+                  lambda: x)
+    else:
+      x = tf.where(index >= poison_from, tf.fill(tf.shape(x), poison), x)
+    return x, y
+  return batches.enumerate().map(maybe_poison)
+
+
+def make_igam(seed=0):
+  keras.utils.set_random_seed(seed)
+  teacher = Teacher(build_classifier('simple_cnn', 4, (12, 12, 1), filters=(8, 8)), 3,
+                    'channel_average')
+  teacher(tf.zeros((1, 12, 12, 3)))
+  student = build_classifier('madry_resnet', 3, (12, 12, 3), activation='softplus',
+                             filters=(4, 4, 8, 8), units_per_stage=1)
+  model = IGAM(student, teacher, build_discriminator(2, 4), diff_weight=1e4, disc_every=2)
+  model.compile(keras.optimizers.SGD(0.01, momentum=0.9), keras.optimizers.Adam(1e-3))
+  return model
+
+
+def state(model):
+  return [v.numpy() for v in model.weights] + [
+      v.numpy() for v in model.optimizer.variables + model.discriminator_optimizer.variables]
+
+
+class ResumeTest(tf.test.TestCase):
+
+  def test_interrupted_run_resumes_to_the_same_state(self):
+    straight_dir, resumed_dir = tempfile.mkdtemp(), tempfile.mkdtemp()
+    straight = make_igam()
+    training.train(straight, stream(), model_dir=straight_dir, total_steps=6,
+                   checkpoint_every=2, verbose=0)
+
+    interrupted = make_igam()
+    with self.assertRaises(Exception):  # stopped in the third interval, after step 4's save
+      training.train(interrupted, stream(poison_from=5, poison=None), model_dir=resumed_dir,
+                     total_steps=6, checkpoint_every=2, verbose=0)
+    self.assertEqual(tf.train.latest_checkpoint(os.path.join(resumed_dir, 'checkpoints')),
+                     os.path.join(resumed_dir, 'checkpoints', 'ckpt-4'))
+    data = stream()  # (made first: the global seed set below would reorder it)
+    resumed = make_igam(seed=1)  # a fresh process would start from other weights
+    training.train(resumed, data, model_dir=resumed_dir, total_steps=6, checkpoint_every=2,
+                   verbose=0)
+
+    self.assertEqual(int(resumed.optimizer.iterations), 6)
+    for a, b in zip(state(straight), state(resumed)):
+      self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+    # A finished run restarted does nothing more.
+    history = training.train(resumed, stream(), model_dir=resumed_dir, total_steps=6,
+                             checkpoint_every=2, verbose=0)
+    self.assertEmpty(history.history)
+
+  def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(self):
+    model_dir = tempfile.mkdtemp()
+    keras.utils.set_random_seed(0)
+    model = StandardTraining(build_classifier('simple_cnn', 3, (12, 12, 3), filters=(8, 8)))
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    with self.assertRaisesRegex(training.TrainingError,
+                                r'NaN or infinite at step [34] .*ckpt-2.* is kept'):
+      training.train(model, stream(poison_from=2), model_dir=model_dir, total_steps=6,
+                     checkpoint_every=2, verbose=0)
+    checkpoints = os.path.join(model_dir, 'checkpoints')
+    self.assertEqual(os.path.basename(tf.train.latest_checkpoint(checkpoints)), 'ckpt-2')
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(checkpoints))
+    for name in reader.get_variable_to_shape_map():
+      value = reader.get_tensor(name)
+      if np.issubdtype(np.asarray(value).dtype, np.floating):
+        self.assertTrue(np.all(np.isfinite(value)), name)
+
+  def test_rerun_with_other_settings_is_refused(self):
+    model_dir = tempfile.mkdtemp()
+    training.check_run_config(model_dir, {'adv_weight': 2.0, 'classes': (1, 2)})
+    training.check_run_config(model_dir, {'adv_weight': 2.0, 'classes': (1, 2)})
+    with self.assertRaisesRegex(training.TrainingError, r'adv_weight: 2.0 there, 5.0 now'):
+      training.check_run_config(model_dir, {'adv_weight': 5.0, 'classes': (1, 2)})
+
+  def test_tensorboard_gets_every_loss_term_and_gradient_images(self):
+    model_dir = tempfile.mkdtemp()
+    model = make_igam()
+    training.train(model, stream(), model_dir=model_dir, total_steps=2, checkpoint_every=2,
+                   validation=stream().take(2), summary_every=1, verbose=0,
+                   gradient_models={'student': model.student, 'teacher': model.teacher})
+    tags = set()
+    for path in glob.glob(os.path.join(model_dir, 'logs', 'events.*')):
+      for event in tf.compat.v1.train.summary_iterator(path):
+        tags.update(value.tag for value in event.summary.value)
+    for tag in ('train/loss', 'train/xent', 'train/adv_loss', 'train/diff_loss',
+                'train/disc_accuracy', 'validation/accuracy', 'input_gradients/student',
+                'input_gradients/teacher'):
+      self.assertIn(tag, tags)
+
+
+class JobTest(tf.test.TestCase):
+
+  def test_igam_job_on_digits_saves_a_student_that_loads(self):
+    root = tempfile.mkdtemp()
+    source = experiments.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
+                                      image_size=12)
+    target = experiments.DataSettings('digits', classes=(3, 4, 5), batch_size=16,
+                                      image_size=12)
+    small = model_io.classifier_spec('simple_cnn', filters=(8, 8))
+    quick = lambda name: experiments.RunSettings(os.path.join(root, name), 2, 2, verbose=0)
+    adam = experiments.OptimizerSettings('adam', 1e-3, weight_decay=0.0)
+    experiments.train_baseline('standard', small, source, adam, experiments.BaselineSettings(),
+                               quick('source'))
+    experiments.finetune_teacher(os.path.join(root, 'source'), '', target, quick('teacher'))
+    student = experiments.train_igam(
+        model_io.classifier_spec('madry_resnet', filters=(4, 4, 8, 8), units_per_stage=1,
+                                 activation='gelu'),
+        os.path.join(root, 'teacher'), target, adam, experiments.IGAMSettings(disc_blocks=2),
+        quick('igam'))
+    loaded, spec = model_io.load_model(os.path.join(root, 'igam'))
+    self.assertEqual(spec['num_classes'], 3)
+    images = tf.random.uniform((2, 12, 12, 1))
+    self.assertAllClose(student(images), loaded(images))
+    with self.assertRaisesRegex(model_io.ModelError, 'not a finetuned teacher'):
+      experiments.train_igam(small, os.path.join(root, 'source'), target, adam,
+                             experiments.IGAMSettings(), quick('igam2'))
+
+
+class BinaryErrorTest(tf.test.TestCase):
+
+  def run_binary(self, *argv):
+    return subprocess.run([sys.executable, '-m', *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+  def test_bad_input_gets_a_one_line_error(self):
+    model_dir = tempfile.mkdtemp()
+    result = self.run_binary('igam_tf.train_igam', '--teacher=/no/such/teacher',
+                             '--dataset=digits', f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 1)
+    self.assertIn("ERROR: '/no/such/teacher' is not a trained model folder", result.stderr)
+    self.assertNotIn('Traceback', result.stderr)
+    result = self.run_binary('igam_tf.train_baseline', '--method=standard',
+                             '--dataset=imagenet', f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 1)
+    self.assertIn('ERROR:', result.stderr)
+    self.assertIn('imagenet', result.stderr)
+    self.assertNotIn('Traceback', result.stderr)
+
+
+if __name__ == '__main__':
+  tf.test.main()
