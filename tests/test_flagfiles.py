@@ -98,8 +98,12 @@ class FlagfileTest(tf.test.TestCase):
     shutil.rmtree(cls.root, ignore_errors=True)
     super().tearDownClass()
 
-  def overrides(self, values):
+  def overrides(self, values, binary):
     """Small and quick, and every path inside the temporary folder."""
+    if binary == 'demo':
+      return [f'--output_dir={os.path.join(self.root, values["output_dir"])}',
+              '--teacher_steps=2', '--finetune_steps=2', '--student_steps=2', '--batch_size=8',
+              '--attacks=clean,fgsm,pgd5']
     argv = ['--train_steps=2', '--checkpoint_every=1', '--batch_size=4', '--summary_every=1']
     for name, value in values.items():
       if name in ('model_dir', 'teacher') or (name == 'source' and value.startswith('runs/')):
@@ -122,14 +126,15 @@ class FlagfileTest(tf.test.TestCase):
     for name in names:
       values, binary = read_flagfile(name)
       self.assertIn(binary, BINARY_ORDER, f'{name} has no "# Run: python -m igam_tf.X" line')
-      self.assertIn('model_dir', values, name)
+      self.assertIn('output_dir' if binary == 'demo' else 'model_dir', values, name)
 
   def test_every_flagfile_starts_its_run(self):
     jobs = {binary: [] for binary in BINARY_ORDER}
     for name in runnable_flagfiles():
       values, binary = read_flagfile(name)
-      jobs[binary].append(([f'--flagfile=flags/{name}'] + self.overrides(values),
-                           os.path.join(self.root, values['model_dir'])))
+      output = (os.path.join(self.root, values['output_dir'], 'results.json')
+                if binary == 'demo' else os.path.join(self.root, values['model_dir'], 'model.json'))
+      jobs[binary].append(([f'--flagfile=flags/{name}'] + self.overrides(values, binary), output))
     for binary in BINARY_ORDER:
       if not jobs[binary]:
         continue
@@ -140,9 +145,9 @@ class FlagfileTest(tf.test.TestCase):
       self.assertEqual(result.returncode, 0, f'{binary}:\n{result.stderr[-4000:]}')
       exits = re.findall(r'^RUN (\S+) EXIT (\S+)$', result.stdout, re.M)
       self.assertLen(exits, len(jobs[binary]), result.stderr[-4000:])
-      for (flagfile, code), (_, model_dir) in zip(exits, jobs[binary]):
+      for (flagfile, code), (_, output) in zip(exits, jobs[binary]):
         self.assertIn(code, ('0', 'None'), f'{flagfile} failed:\n{result.stderr[-4000:]}')
-        self.assertTrue(os.path.exists(os.path.join(model_dir, 'model.json')), flagfile)
+        self.assertTrue(os.path.exists(output), f'{flagfile} wrote no {output}')
 
 
 if __name__ == '__main__':
