@@ -17,12 +17,15 @@ COLUMN_ORDER = ('clean', 'fgsm', 'pgd5', 'pgd10', 'pgd20', 'pgd50', 'pgd100', 'a
 
 
 def evaluate_models(models, dataset, attack_names, eps, *, restarts=1, num_examples=None,
-                    seed=0, strategy=None, batch_size=100, progress=True):
-  """{model name: {attack: accuracy %}} for {model name: classifier} on one dataset."""
+                    seed=0, strategy=None, batch_size=100, progress=True, step_size=None,
+                    l2_eps=None):
+  """{model name: {attack: accuracy %}} for {model name: classifier} on one dataset
+  (a classifier: a Keras model or a callable images -> logits, e.g. a SavedModel's)."""
   return {name: attacks.robust_accuracy(model, dataset, attack_names, eps=eps,
                                         restarts=restarts, num_examples=num_examples,
                                         seed=seed, strategy=strategy, batch_size=batch_size,
-                                        progress=progress)
+                                        progress=progress, step_size=step_size,
+                                        l2_eps=l2_eps)
           for name, model in models.items()}
 
 
@@ -50,14 +53,60 @@ def _heading(column):
   return column.upper().replace('PGD', 'PGD-') if column.startswith('pgd') else column
 
 
-def write_report(output_dir, results, settings, title='Robust accuracy (%)', notes=()):
-  """Writes `results.json` ({model: {attack: %}, plus 'settings'}) and `results.md`."""
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, 'results.json'), 'w') as f:
-    json.dump({**results, 'settings': settings}, f, indent=2, sort_keys=False)
+def markdown_report(results, settings, title='Robust accuracy (%)', notes=(), warnings=()):
+  """The table, then notes, warnings (e.g. of gradient masking) and settings."""
   lines = [f'# {title}', '', markdown_table(results), '']
   lines += [f'- {note}' for note in notes]
+  if warnings:
+    lines += ['', '## Warnings', '']
+    lines += [f'- WARNING: {warning}' for warning in warnings]
   lines += ['', 'Settings: ' + ', '.join(f'{k}={v}' for k, v in settings.items()), '']
-  with open(os.path.join(output_dir, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines))
   return '\n'.join(lines)
+
+
+def _write(json_path, markdown_path, document, markdown):
+  for path in (json_path, markdown_path):
+    if os.path.dirname(path):
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(json_path, 'w') as f:
+    json.dump(document, f, indent=2, sort_keys=False)
+  with open(markdown_path, 'w') as f:
+    f.write(markdown)
+
+
+def write_report(output_dir, results, settings, title='Robust accuracy (%)', notes=()):
+  """Writes `results.json` ({model: {attack: %}, plus 'settings'}) and `results.md`."""
+  markdown = markdown_report(results, settings, title, notes)
+  _write(os.path.join(output_dir, 'results.json'), os.path.join(output_dir, 'results.md'),
+         {**results, 'settings': settings}, markdown)
+  return markdown
+
+
+def output_paths(output):
+  """(JSON path, Markdown path) for an output given as a .json file (the .md beside it),
+  a folder (results.json and results.md in it) or a path prefix (PREFIX.json, PREFIX.md)."""
+  if output.endswith('.json'):
+    return output, output[:-len('.json')] + '.md'
+  if output.endswith(('/', os.sep)) or os.path.isdir(output):
+    return os.path.join(output, 'results.json'), os.path.join(output, 'results.md')
+  return output + '.json', output + '.md'
+
+
+def write_evaluation(output, results, settings, title='Robust accuracy (%)', notes=(),
+                     warnings=(), **sections):
+  """Writes an evaluation's JSON and Markdown (see `output_paths`); returns their paths.
+
+  The JSON holds, for one model, its accuracies at the top level ("pgd20": 43.5, ...)
+  with "model": its name; for several, {model: {attack: %}}. Then "settings",
+  "warnings" (a list of strings) and any further `sections`, e.g. the masking checks.
+  """
+  json_path, markdown_path = output_paths(output)
+  if len(results) == 1:
+    [(name, row)] = results.items()
+    document = {'model': name, **row}
+  else:
+    document = dict(results)
+  document.update(settings=settings, warnings=list(warnings), **sections)
+  _write(json_path, markdown_path, document,
+         markdown_report(results, settings, title, notes, warnings))
+  return json_path, markdown_path

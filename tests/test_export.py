@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from igam_tf import model_io
 from igam_tf import serving
 import madry_models
 from tests import tf1_reference
@@ -331,6 +332,24 @@ class ExportBinaryTest(tf.test.TestCase):
     self.assert_export_reproduces_tf1_logits(
         'madry_mnist', tf1_reference.build_madry_mnist_checkpoint,
         ['checkpoint-99900 (madry_mnist, 10 classes)'])
+
+  def test_trained_model_folder(self):
+    folder = new_folder(self)
+    spec = model_io.classifier_spec('madry_resnet', 4, (12, 12, 3), activation='gelu',
+                                    filters=(4, 4, 8, 8), units_per_stage=1)
+    model = model_io.build_model(spec)
+    model_io.save_model(os.path.join(folder, 'trained'), model, spec)
+    export_dir = os.path.join(folder, 'export')
+    stdout = check(self.export('--model=trained', f'--model_dir={folder}/trained',
+                               f'--export_dir={export_dir}')).stdout
+    self.assertIn('(madry_resnet, 4 classes)', stdout)
+    images = np.random.RandomState(0).rand(3, 12, 12, 3).astype(np.float32)
+    served = serve_in_subprocess(folder, {'trained': (export_dir, images, np.zeros(3, np.int64))})
+    self.assertAllClose(served['trained']['logits'], model(images), rtol=1e-5, atol=1e-5)
+    result = self.export('--model=trained', f'--model_dir={folder}/nothing',
+                         f'--export_dir={folder}/export2')
+    self.assertEqual(result.returncode, 1)
+    self.assertIn('is not a trained model folder', result.stderr)
 
   def test_bad_checkpoint_fails_clearly(self):
     folder = new_folder(self)

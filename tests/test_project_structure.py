@@ -11,6 +11,7 @@ from absl.testing import absltest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('igam_tf', 'madry_models')
+FOLDERS = PACKAGES + ('benchmarks', 'tests')
 
 
 def read_build_targets():
@@ -33,7 +34,7 @@ def read_build_targets():
 
 def project_files():
   files = []
-  for folder in PACKAGES + ('tests',):
+  for folder in FOLDERS:
     for name in sorted(os.listdir(os.path.join(REPO, folder))):
       if name.endswith('.py'):
         files.append(f'{folder}/{name}')
