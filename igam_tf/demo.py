@@ -11,8 +11,10 @@ scikit-learn's digits (bundled, so no download) are split into a source task
    natural target images: with IGAM from the robust teacher; and, as the paper's
    baselines and the controls it lacks, standard training, PGD adversarial
    training, the input-gradient norm penalty, and IGAM from the standard teacher;
-4. evaluates every target-task model with the same attacks, writes
-   OUTPUT_DIR/results.{md,json}, and exports each to OUTPUT_DIR/<name>/saved_model.
+4. evaluates every target-task model with the same attacks, runs the gradient-masking
+   checks on each (with a transfer attack from the standard student), writes
+   OUTPUT_DIR/results.{md,json} and OUTPUT_DIR/input_gradients.png (the paper's
+   Figure 4 for these models), and exports each to OUTPUT_DIR/<name>/saved_model.
 A rerun resumes any unfinished job and skips finished ones.
 """
 
@@ -26,8 +28,10 @@ from igam_tf import data
 from igam_tf import evaluation
 from igam_tf import experiments
 from igam_tf import flag_groups
+from igam_tf import masking_checks
 from igam_tf import model_io
 from igam_tf import serving
+from igam_tf import visualization
 
 # The models of the table, in its order: target-task models only.
 MODELS = ('teacher', 'igam', 'standard', 'pgd_at', 'grad_norm', 'igam_standard_teacher')
@@ -52,6 +56,8 @@ def define_flags():
   flags.DEFINE_string('student_activation', 'softplus', 'Students\' activation: a smooth one '
                       'has the second derivatives that IGAM and grad_norm train through.')
   flags.DEFINE_list('attacks', ['clean', 'fgsm', 'pgd20', 'apgd_ce'], 'Attacks of the table.')
+  flags.DEFINE_integer('masking_examples', 150, 'Test examples the gradient-masking checks '
+                       'attack (0: skip the checks).')
   flags.DEFINE_integer('seed', 0, 'Seeds every job and attack.')
   flags.mark_flag_as_required('output_dir')
 
@@ -110,6 +116,17 @@ def run_demo(f):
                               overwrite=True)
   test = data.load_dataset('digits', 'test', classes=tuple(int(c) for c in f.target_classes))
   results = evaluation.evaluate_models(models, test, f.attacks, eps, seed=f.seed)
+  warnings = []
+  if f.masking_examples:
+    for name, model in models.items():
+      report = masking_checks.run_checks(
+          model, test, eps, num_examples=f.masking_examples, seed=f.seed,
+          transfer_source=None if name == 'standard' else models['standard'],
+          transfer_name='the standard student')
+      warnings += [f'{name}: {warning}' for warning in report.warnings]
+  images, labels = next(iter(test.dataset.batch(8)))
+  visualization.write_png(f'{root}/input_gradients.png',
+                          visualization.gradient_grid(models, images, labels))
   timings['evaluation'] = round(time.time() - began, 1)
   timings['total'] = round(time.time() - start, 1)
   settings = {'dataset': 'digits', 'source_classes': list(f.source_classes),
@@ -117,11 +134,17 @@ def run_demo(f):
               'pgd_step_size': eps / 4, 'test_examples': test.num_examples,
               'teacher_steps': f.teacher_steps, 'finetune_steps': f.finetune_steps,
               'student_steps': f.student_steps, 'adv_weight': f.adv_weight,
-              'diff_weight': f.diff_weight, 'student': student, 'seed': f.seed,
-              'seconds': timings}
+              'diff_weight': f.diff_weight, 'seed': f.seed,
+              'student': (f'{f.student_architecture} {",".join(f.student_filters)} '
+                          f'({f.student_units_per_stage} unit/stage) {f.student_activation}'),
+              'teacher': 'madry_mnist (ReLU), PGD-10 trained on the source task',
+              'masking_warnings': warnings, 'seconds': timings}
+  checked = (f'Gradient-masking checks (igam_tf/masking_checks.py) on {f.masking_examples} '
+             f'examples: ' + ('; '.join(warnings) if warnings else 'no warnings.')
+             if f.masking_examples else 'Gradient-masking checks skipped.')
   return evaluation.write_report(
       root, results, settings, title='IGAM demo on digits: target-task accuracy (%)',
-      notes=DEMO_NOTES)
+      notes=DEMO_NOTES + (checked,))
 
 
 DEMO_NOTES = (

@@ -142,17 +142,18 @@ def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
   return teacher
 
 
-def train_igam(student_spec, teacher_dir, data_settings, optimizer, igam, run):
-  """Section 4.2: trains a student of `student_spec` with IGAM against the finetuned
-  teacher saved in `teacher_dir`. Returns the student."""
+def train_igam(student_spec, teacher, data_settings, optimizer, igam, run, teacher_transform=''):
+  """Section 4.2: trains a student of `student_spec` with IGAM against a finetuned
+  teacher: a folder written by `finetune_teacher`, or a MadryLab-layout checkpoint
+  with a finetuned head plus `teacher_transform` (see `model_io.load_teacher`).
+  Returns the student."""
   train_split, stream, validation = load_training_data(data_settings)
   student_spec = _fit_to_task(student_spec, train_split, 'student')
   strategy = distribution.get_strategy(run.strategy)
   with strategy.scope():
-    teacher, teacher_spec = model_io.load_model(teacher_dir)
-    if teacher_spec['kind'] != 'teacher':
-      raise model_io.ModelError(f'{teacher_dir} holds a {teacher_spec["kind"]}, not a '
-                                f'finetuned teacher: run igam_tf.finetune_teacher first')
+    teacher_source = teacher
+    teacher, teacher_spec = model_io.load_teacher(teacher_source, train_split.image_shape,
+                                                  teacher_transform)
     _check_same_task(teacher_spec, train_split, 'teacher')
     student = model_io.build_model(student_spec)
     model = IGAM(student, teacher, build_discriminator(igam.disc_blocks, igam.disc_filters),
@@ -162,8 +163,9 @@ def train_igam(student_spec, teacher_dir, data_settings, optimizer, igam, run):
                  igam_start_step=igam.igam_start_step, weight_decay=optimizer.weight_decay)
     model.compile(optimizer.build(), igam.disc_optimizer.build())
   _run(model, stream, validation, run,
-       _config(student=student_spec, teacher=teacher_dir, data=data_settings,
-               optimizer=optimizer, igam=igam, run=run),
+       _config(student=student_spec, teacher=teacher_source,
+               teacher_transform=teacher_transform, data=data_settings, optimizer=optimizer,
+               igam=igam, run=run),
        {'student': student, 'teacher': teacher})
   model_io.save_model(run.model_dir, student, student_spec)
   return student

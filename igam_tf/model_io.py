@@ -103,3 +103,25 @@ def load_source(source, num_classes=None, filters=None, units_per_stage=None):
     return load_model(source)
   raise ModelError(f'Source model {source!r} is neither madry_mnist:PATH, madry_cifar10:PATH '
                    f'nor a trained model folder')
+
+
+def load_teacher(source, image_shape, transform=''):
+  """A finetuned teacher, as (Teacher, teacher spec), from either a folder written by
+  finetune_teacher (which holds its transform) or a MadryLab-layout checkpoint whose
+  logits were finetuned elsewhere, e.g. the IGAM authors' `target_task_logit` head
+  (`madry_mnist:PATH` / `madry_cifar10:PATH`, with `transform` given here)."""
+  kind = source.partition(':')[0]
+  if kind not in ('madry_mnist', 'madry_cifar10'):
+    if transform:
+      raise ModelError(f'The teacher {source!r} holds its own input transform; leave '
+                       f'--teacher_transform unset')
+    teacher, spec = load_model(source)
+    if spec['kind'] != 'teacher':
+      raise ModelError(f'{source} holds a {spec["kind"]}, not a finetuned teacher: run '
+                       f'igam_tf.finetune_teacher first')
+    return teacher, spec
+  classifier, classifier_spec_ = load_source(source)
+  teacher = Teacher(classifier, classifier.num_classes, transform)
+  teacher(keras.ops.zeros((1,) + tuple(image_shape)))
+  teacher.head.set_weights(classifier.logits.get_weights())  # the finetuned head
+  return teacher, teacher_spec(classifier_spec_, classifier.num_classes, transform, image_shape)

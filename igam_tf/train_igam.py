@@ -17,7 +17,13 @@ from igam_tf import input_gradients
 
 
 def define_flags():
-  flags.DEFINE_string('teacher', None, 'A finetuned teacher folder (igam_tf.finetune_teacher).')
+  flags.DEFINE_string('teacher', None, 'A finetuned teacher folder (igam_tf.finetune_teacher), '
+                      'or madry_mnist:PATH / madry_cifar10:PATH: a MadryLab-layout TF1 '
+                      'checkpoint whose head was finetuned elsewhere (e.g. the IGAM authors\' '
+                      'target_task_logit teachers).')
+  flags.DEFINE_string('teacher_transform', '', 'With a checkpoint --teacher only: the input '
+                      'transform from target images to its input, e.g. '
+                      'channel_average,center_crop:28 (a teacher folder holds its own).')
   flags.DEFINE_enum('gradient_of', 'xent', input_gradients.GRADIENT_OF,
                     'xent: the paper\'s text; true_prob: the authors\' code.')
   flags.DEFINE_float('adv_weight', 1.0, 'Weight of L_adv (the paper\'s Table 5).')
@@ -45,7 +51,8 @@ def main(argv):
       disc_every=f.disc_every, igam_start_step=f.igam_start_step, disc_blocks=f.disc_blocks,
       disc_filters=f.disc_filters, disc_optimizer=flag_groups.optimizer_settings(f, 'disc_'))
   experiments.train_igam(flag_groups.student_spec(f), f.teacher, flag_groups.data_settings(f),
-                         flag_groups.optimizer_settings(f), igam, flag_groups.run_settings(f))
+                         flag_groups.optimizer_settings(f), igam, flag_groups.run_settings(f),
+                         teacher_transform=f.teacher_transform)
   print(f'IGAM student saved to {f.model_dir}')
 
 

@@ -18,6 +18,7 @@ from igam_tf.baselines import StandardTraining
 from igam_tf.discriminator import build_discriminator
 from igam_tf.igam import IGAM
 from igam_tf.teacher import Teacher
+from tests import tf1_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,6 +159,26 @@ class JobTest(tf.test.TestCase):
     with self.assertRaisesRegex(model_io.ModelError, 'not a finetuned teacher'):
       experiments.train_igam(small, os.path.join(root, 'source'), target, adam,
                              experiments.IGAMSettings(), quick('igam2'))
+
+
+  def test_igam_from_a_checkpoint_with_the_authors_finetuned_head(self):
+    root = tempfile.mkdtemp()
+    prefix, images, head_logits = tf1_reference.build_madry_mnist_checkpoint(
+        os.path.join(root, 'authors'), finetuned_classes=3)
+    teacher, spec = model_io.load_teacher(f'madry_mnist:{prefix}', (28, 28, 1))
+    self.assertEqual(spec['num_classes'], 3)
+    self.assertLessEqual(tf1_reference.relative_error(teacher(images), head_logits), 1e-4)
+    target = experiments.DataSettings('digits', classes=(3, 4, 5), batch_size=8,
+                                      validation_split='')
+    experiments.train_igam(
+        model_io.classifier_spec('simple_cnn', filters=(8, 8), activation='gelu'),
+        f'madry_mnist:{prefix}', target,
+        experiments.OptimizerSettings('adam', 1e-3, weight_decay=0.0),
+        experiments.IGAMSettings(disc_blocks=2),
+        experiments.RunSettings(os.path.join(root, 'igam'), 2, 2, verbose=0))
+    self.assertTrue(experiments.trained_model_exists(os.path.join(root, 'igam')))
+    with self.assertRaisesRegex(model_io.ModelError, 'holds its own input transform'):
+      model_io.load_teacher(os.path.join(root, 'igam'), (28, 28, 1), 'channel_average')
 
 
 class BinaryErrorTest(tf.test.TestCase):
