@@ -138,13 +138,14 @@ def run_demo(f):
               'student': (f'{f.student_architecture} {",".join(f.student_filters)} '
                           f'({f.student_units_per_stage} unit/stage) {f.student_activation}'),
               'teacher': 'madry_mnist (ReLU), PGD-10 trained on the source task',
-              'masking_warnings': warnings, 'seconds': timings}
-  checked = (f'Gradient-masking checks (igam_tf/masking_checks.py) on {f.masking_examples} '
-             f'examples: ' + ('; '.join(warnings) if warnings else 'no warnings.')
+              'masking_examples': f.masking_examples, 'seconds': timings}
+  checked = (f'Gradient-masking checks (igam_tf/masking_checks.py, transfer attacks from the '
+             f'standard student) ran on {f.masking_examples} examples: '
+             + (f'{len(warnings)} warning(s) below.' if warnings else 'no warnings.')
              if f.masking_examples else 'Gradient-masking checks skipped.')
   return evaluation.write_report(
       root, results, settings, title='IGAM demo on digits: target-task accuracy (%)',
-      notes=DEMO_NOTES + (checked,))
+      notes=DEMO_NOTES + (checked,), warnings=warnings)
 
 
 DEMO_NOTES = (

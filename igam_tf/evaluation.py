@@ -74,11 +74,13 @@ def _write(json_path, markdown_path, document, markdown):
     f.write(markdown)
 
 
-def write_report(output_dir, results, settings, title='Robust accuracy (%)', notes=()):
-  """Writes `results.json` ({model: {attack: %}, plus 'settings'}) and `results.md`."""
-  markdown = markdown_report(results, settings, title, notes)
+def write_report(output_dir, results, settings, title='Robust accuracy (%)', notes=(),
+                 warnings=()):
+  """Writes `results.json` ({model: {attack: %}, plus 'settings' and 'warnings'}) and
+  `results.md`."""
+  markdown = markdown_report(results, settings, title, notes, warnings)
   _write(os.path.join(output_dir, 'results.json'), os.path.join(output_dir, 'results.md'),
-         {**results, 'settings': settings}, markdown)
+         {**results, 'settings': settings, 'warnings': list(warnings)}, markdown)
   return markdown
 
 
