@@ -103,8 +103,9 @@ class FlagfileTest(tf.test.TestCase):
     if binary == 'demo':
       return [f'--output_dir={os.path.join(self.root, values["output_dir"])}',
               '--teacher_steps=2', '--finetune_steps=2', '--student_steps=2', '--batch_size=8',
-              '--attacks=clean,fgsm,pgd5', '--masking_examples=8']
-    argv = ['--train_steps=2', '--checkpoint_every=1', '--batch_size=4', '--summary_every=1']
+              '--attacks=clean,fgsm,pgd5', '--masking_examples=0']
+    argv = ['--train_steps=2', '--checkpoint_every=2', '--batch_size=4', '--summary_every=1',
+            '--validation_split=']
     for name, value in values.items():
       if name in ('model_dir', 'teacher') or (name == 'source' and value.startswith('runs/')):
         argv.append(f'--{name}={os.path.join(self.root, value)}')
