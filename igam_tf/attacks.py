@@ -21,6 +21,13 @@ Attack names (`parse_attack`), with the IGAM / Madry settings as defaults:
                            unless given (2/255 at eps 8/255); cross-entropy unless _dlr;
                            L-inf unless _l2
   apgd[<k>]_{ce,dlr}[_l2]  Auto-PGD (Croce & Hein, 2020), k iterations (default 100)
+  apgd[<k>]_t              APGD-T: Auto-PGD on the targeted DLR loss, one run per target
+                           class (the top 9 or K - 1), k iterations each (default 100)
+  fab[<k>]_t               FAB-T, L-inf, the same targets, k iterations each (default 100)
+  square[<q>]              Square Attack, L-inf, q queries (default 5000), no gradients
+  autoattack               AutoAttack's standard ensemble: APGD-CE, APGD-T, FAB-T, Square
+  autoattack_fast          APGD-CE and APGD-T
+The last five live in igam_tf/autoattack.py, which registers them when imported.
 """
 
 import dataclasses
@@ -36,16 +43,25 @@ LINF_EPS = 8 / 255  # the paper's CIFAR-10 threat model
 NORMS = ('linf', 'l2')
 LOSSES = ('ce', 'dlr')
 ATTACKS = ('clean', 'fgsm', 'pgd5', 'pgd10', 'pgd20', 'pgd50', 'pgd100', 'pgd20_l2',
-           'apgd_ce', 'apgd_dlr')
+           'apgd_ce', 'apgd_dlr', 'apgd_t', 'fab_t', 'square', 'autoattack', 'autoattack_fast')
 DEFAULT_ATTACKS = ('clean', 'fgsm', 'pgd20', 'apgd_ce', 'apgd_dlr')
 BOUND_TOLERANCE = 1e-6  # float32 rounding of x + delta - x stays far below this
 APGD_STEPS = 100
+# Attack methods implemented in igam_tf/autoattack.py: {method: default steps or queries}.
+AUTOATTACK_METHODS = {'apgd_t': 100, 'fab_t': 100, 'square': 5000, 'autoattack': 100,
+                      'autoattack_fast': 100}
+
+# The cores of AUTOATTACK_METHODS, registered by igam_tf/autoattack.py when imported
+# (it builds on this module, so this one cannot import it).
+_REGISTERED_CORES = {}
 
 _LOSS_ALIASES = {'ce': 'ce', 'xent': 'ce', 'dlr': 'dlr'}
 _NAME_GRAMMAR = re.compile(
     r'^(?:(?P<clean>clean)|(?P<fgsm>fgsm)'
     r'|pgd(?P<pgd_steps>\d+)(?P<pgd_dlr>_dlr)?(?P<pgd_l2>_l2)?'
-    r'|apgd(?P<apgd_steps>\d+)?_(?P<apgd_loss>ce|dlr)(?P<apgd_l2>_l2)?)$')
+    r'|apgd(?P<apgd_steps>\d+)?_(?P<apgd_loss>ce|dlr)(?P<apgd_l2>_l2)?'
+    r'|(?P<apgd_t>apgd(?P<apgd_t_steps>\d+)?_t)|(?P<fab_t>fab(?P<fab_t_steps>\d+)?_t)'
+    r'|(?P<square>square(?P<square_steps>\d+)?)|(?P<autoattack>autoattack(?:_fast)?))$')
 
 
 class AttackError(RuntimeError):
@@ -58,10 +74,10 @@ class AttackSpec:
 
   Attributes:
     name: the name it was parsed from, e.g. 'pgd20'.
-    method: 'clean', 'fgsm', 'pgd' or 'apgd'.
+    method: 'clean', 'fgsm', 'pgd', 'apgd' or one of AUTOATTACK_METHODS.
     norm: 'linf' or 'l2'.
     loss: 'ce' or 'dlr'.
-    steps: gradient steps (0 for clean, 1 for fgsm).
+    steps: gradient steps (0 for clean, 1 for fgsm); queries for square.
     random_start: whether it starts from a random point in the eps ball.
   """
   name: str
@@ -105,8 +121,9 @@ def parse_attack(name):
   name = name.strip().lower()
   match = _NAME_GRAMMAR.match(name)
   if not match:
-    raise ValueError(f'Unknown attack {name!r}; expected clean, fgsm, pgd<k>[_dlr][_l2] or '
-                     f'apgd[<k>]_(ce|dlr)[_l2], e.g. {", ".join(ATTACKS)}')
+    raise ValueError(f'Unknown attack {name!r}; expected clean, fgsm, pgd<k>[_dlr][_l2], '
+                     f'apgd[<k>]_(ce|dlr)[_l2], apgd[<k>]_t, fab[<k>]_t, square[<q>], '
+                     f'autoattack or autoattack_fast, e.g. {", ".join(ATTACKS)}')
   if match['clean']:
     return AttackSpec(name, 'clean')
   if match['fgsm']:
@@ -115,9 +132,34 @@ def parse_attack(name):
     return AttackSpec(name, 'pgd', 'l2' if match['pgd_l2'] else 'linf',
                       'dlr' if match['pgd_dlr'] else 'ce', steps=int(match['pgd_steps']),
                       random_start=True)
+  if match['autoattack']:
+    return AttackSpec(name, name, steps=AUTOATTACK_METHODS[name], random_start=True)
+  for method in ('apgd_t', 'fab_t', 'square'):
+    if match[method]:
+      steps = match[f'{method}_steps']
+      return AttackSpec(name, method, loss='dlr' if method == 'apgd_t' else 'ce',
+                        steps=int(steps) if steps else AUTOATTACK_METHODS[method],
+                        random_start=method != 'fab_t')
   steps = int(match['apgd_steps']) if match['apgd_steps'] else APGD_STEPS
   return AttackSpec(name, 'apgd', 'l2' if match['apgd_l2'] else 'linf', match['apgd_loss'],
                     steps=steps, random_start=True)
+
+
+def register_core(method, core):
+  """Registers the attack of an `AttackSpec.method` defined in another module:
+  core(spec, model, images, labels, eps, restarts, seed, example_ids, compiled) returns
+  unchecked adversarial examples, like the cores below."""
+  _REGISTERED_CORES[method] = core
+
+
+def _registered_core(spec):
+  """The registered core of a spec whose method is in AUTOATTACK_METHODS, else None."""
+  if spec.method not in AUTOATTACK_METHODS:
+    return None
+  if spec.method not in _REGISTERED_CORES:
+    raise ValueError(f'Attack {spec.name!r} is defined in igam_tf/autoattack.py: import '
+                     f'igam_tf.autoattack before running it.')
+  return _REGISTERED_CORES[spec.method]
 
 
 # Model, losses and the threat model's geometry.
@@ -135,7 +177,10 @@ def logits_of(model, images):
 
 
 def per_example_loss(logits, labels, loss='ce'):
-  """Cross-entropy, or the DLR loss -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3 + 1e-12)."""
+  """Cross-entropy, or the DLR loss -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3 + 1e-12), or
+  a callable (logits, labels) -> [B] losses (e.g. autoattack's targeted DLR)."""
+  if callable(loss):
+    return loss(logits, labels)
   loss = _canonical_loss(loss)
   if loss == 'ce':
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -554,6 +599,9 @@ def _adversarial_core(spec, model, images, labels, eps, step_size, restarts, see
     return pgd_core(model, images, labels, eps, step_size, tf.constant(spec.steps),
                     restarts, seed, example_ids, norm=spec.norm, loss=spec.loss,
                     random_start=spec.random_start)
+  if spec.method in AUTOATTACK_METHODS:
+    return _registered_core(spec)(spec, model, images, labels, eps, restarts, seed,
+                                  example_ids, compiled=compiled)
   return apgd_core(model, images, labels, eps, tf.constant(spec.steps), restarts, seed,
                    example_ids, tf.constant(0.75), norm=spec.norm, loss=spec.loss)
 
@@ -564,6 +612,7 @@ def run_attack(attack, model, images, labels, eps=LINF_EPS, step_size=None, rest
   spec = parse_attack(attack) if isinstance(attack, str) else attack
   step_size = spec.default_step_size(eps) if step_size is None else step_size
   _check_settings(eps, step_size, spec.steps, restarts)
+  _registered_core(spec)  # fails before any work if not registered
   images, labels, example_ids = _batch_inputs(images, labels, example_ids)
   adversarial = _adversarial_core(
       spec, model, images, labels, tf.cast(eps, tf.float32), tf.cast(step_size, tf.float32),
@@ -714,6 +763,8 @@ def robust_accuracy(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, resta
     'worst_case' unless L-inf attacks ran too: the threat models differ).
   """
   specs = [parse_attack(a) if isinstance(a, str) else a for a in attacks]
+  for spec in specs:
+    _registered_core(spec)  # fails before any work if not registered
   if not any(spec.method == 'clean' for spec in specs):
     specs.insert(0, parse_attack('clean'))
   if any(spec.norm == 'l2' and spec.method != 'clean' for spec in specs) and l2_eps is None:

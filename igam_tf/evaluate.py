@@ -64,8 +64,9 @@ def define_flags():
   flags.DEFINE_list('classes', [], 'Keep only these class ids, relabelled 0..K-1.')
   flags.DEFINE_integer('image_size', None, 'Resize images to this square size.')
   flags.DEFINE_list('attacks', list(attacks.DEFAULT_ATTACKS),
-                    'Attacks, e.g. clean,fgsm,pgd5,pgd10,pgd20,pgd50,pgd100,apgd_ce,apgd_dlr '
-                    '(grammar in igam_tf/attacks.py).')
+                    'Attacks, e.g. clean,fgsm,pgd5,pgd10,pgd20,pgd50,pgd100,apgd_ce,apgd_dlr, '
+                    'or the AutoAttack ensemble: autoattack (APGD-CE, APGD-T, FAB-T, Square) '
+                    'or autoattack_fast (grammar in igam_tf/attacks.py).')
   flags.DEFINE_string('epsilon', '8/255', 'L-inf radius on the [0, 1] scale: a float or a '
                       'fraction such as 8/255.')
   flags.DEFINE_string('step_size', '', 'PGD step size (float or fraction); empty: epsilon / 4.')

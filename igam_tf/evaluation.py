@@ -10,6 +10,7 @@ import json
 import os
 
 from igam_tf import attacks
+from igam_tf import autoattack  # pylint: disable=unused-import (registers its attacks)
 
 # The paper's columns first, then the stronger attacks.
 COLUMN_ORDER = ('clean', 'fgsm', 'pgd5', 'pgd10', 'pgd20', 'pgd50', 'pgd100', 'apgd_ce',
