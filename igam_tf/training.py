@@ -9,7 +9,6 @@ leaves the previous checkpoint in force.
 """
 
 import json
-import math
 import os
 
 from absl import logging
@@ -190,7 +189,3 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
         f'({kept}) is kept. Lower the learning rate or the loss weights, then rerun to resume.')
   return history
 
-
-def steps_for_epochs(epochs, num_examples, batch_size):
-  """Training steps in `epochs` passes over `num_examples` (the last batch dropped)."""
-  return int(epochs * math.floor(num_examples / batch_size))
