@@ -17,31 +17,12 @@ import tensorflow as tf
 from igam_tf import attacks
 from igam_tf.data import load_dataset
 from igam_tf.data import make_pipeline
+from tests.attack_fixtures import distances
+from tests.attack_fixtures import edge_images
+from tests.attack_fixtures import tiny_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-6
-
-
-def tiny_cnn(image_shape=(28, 28, 1), num_classes=10, dropout=0.0):
-  """Small and quick to train: a strided conv net that reaches ~95% on digits in 3 epochs
-  (simple_cnn's global average pooling learns digits slowly)."""
-  layers = [keras.Input(image_shape),
-            keras.layers.Conv2D(8, 3, strides=2, activation='relu'),
-            keras.layers.Conv2D(16, 3, strides=2, activation='relu'),
-            keras.layers.Flatten()]
-  if dropout:
-    layers.append(keras.layers.Dropout(dropout))
-  return keras.Sequential(layers + [keras.layers.Dense(num_classes)])
-
-
-def edge_images(num, shape, seed=0):
-  """Images crowded at the box's edges: 0, 1, within 1e-3 of them, and uniform."""
-  rng = np.random.RandomState(seed)
-  pools = [np.zeros(shape), np.ones(shape), rng.uniform(0, 1e-3, shape),
-           rng.uniform(1 - 1e-3, 1, shape), rng.uniform(0, 1, shape)]
-  choice = rng.randint(0, len(pools), (num,) + tuple(shape))
-  images = np.choose(choice, [np.broadcast_to(p, (num,) + tuple(shape)) for p in pools])
-  return images.astype(np.float32)
 
 
 def linear_model(weights, bias):
@@ -50,12 +31,6 @@ def linear_model(weights, bias):
                             keras.layers.Dense(2)])
   model.layers[-1].set_weights([weights, bias])
   return model
-
-
-def distances(images, adversarial):
-  delta = (np.asarray(adversarial, np.float64) - np.asarray(images, np.float64))
-  delta = delta.reshape(len(delta), -1)
-  return np.abs(delta).max(axis=1), np.sqrt(np.square(delta).sum(axis=1))
 
 
 def margins(model, images, labels):
@@ -313,7 +288,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent('''
     import numpy as np
     from igam_tf import attacks
     from igam_tf.data import load_dataset
-    from tests.test_attacks import tiny_cnn
+    from tests.attack_fixtures import tiny_cnn
 
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     with strategy.scope():

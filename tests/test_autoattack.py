@@ -22,37 +22,15 @@ from igam_tf import attacks
 from igam_tf import autoattack
 from igam_tf.data import load_dataset
 from igam_tf.data import make_pipeline
+from tests.attack_fixtures import distances
+from tests.attack_fixtures import edge_images
+from tests.attack_fixtures import tiny_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-6
 # Reduced budgets where a property does not depend on them.
 SMALL = autoattack.Settings(apgd_steps=20, apgd_t_steps=20, fab_steps=20,
                             square_queries=300)
-
-
-def tiny_cnn(image_shape=(28, 28, 1), num_classes=10):
-  """Small and quick to train: about 95% on digits in three epochs."""
-  return keras.Sequential([
-      keras.Input(image_shape),
-      keras.layers.Conv2D(8, 3, strides=2, activation='relu'),
-      keras.layers.Conv2D(16, 3, strides=2, activation='relu'),
-      keras.layers.Flatten(),
-      keras.layers.Dense(num_classes)])
-
-
-def edge_images(num, shape, seed=0):
-  """Images crowded at the box's edges: 0, 1, within 1e-3 of them, and uniform."""
-  rng = np.random.RandomState(seed)
-  pools = [np.zeros(shape), np.ones(shape), rng.uniform(0, 1e-3, shape),
-           rng.uniform(1 - 1e-3, 1, shape), rng.uniform(0, 1, shape)]
-  choice = rng.randint(0, len(pools), (num,) + tuple(shape))
-  images = np.choose(choice, [np.broadcast_to(p, (num,) + tuple(shape)) for p in pools])
-  return images.astype(np.float32)
-
-
-def linf_distances(images, adversarial):
-  delta = np.asarray(adversarial, np.float64) - np.asarray(images, np.float64)
-  return np.abs(delta.reshape(len(delta), -1)).max(axis=1)
 
 
 class ZeroGradientRounding(keras.layers.Layer):
@@ -225,7 +203,7 @@ class BoundsTest(parameterized.TestCase, tf.test.TestCase):
   def test_stays_inside_the_threat_model(self, attack):
     for eps in (0.02, 0.3):
       adversarial = np.asarray(attack(self.model, self.images, self.labels, eps))
-      linf = linf_distances(self.images, adversarial)
+      linf = distances(self.images, adversarial)[0]
       self.assertLessEqual(linf.max(), eps + TOLERANCE)
       self.assertBetween(adversarial.min(), 0.0, 1.0)
       self.assertBetween(adversarial.max(), 0.0, 1.0)
@@ -236,7 +214,7 @@ class BoundsTest(parameterized.TestCase, tf.test.TestCase):
     dataset = tf.data.Dataset.from_tensor_slices((self.images, self.labels))
     result = attacks.attack_dataset(self.model, dataset, name, 0.1, batch_size=10,
                                     progress=False, keep_adversarial=True)
-    linf = linf_distances(self.images, result.adversarial)
+    linf = distances(self.images, result.adversarial)[0]
     self.assertLessEqual(linf.max(), 0.1 + TOLERANCE)
     self.assertBetween(result.adversarial.min(), 0.0, 1.0)
     self.assertBetween(result.adversarial.max(), 0.0, 1.0)
@@ -323,7 +301,7 @@ class LinearModelTest(tf.test.TestCase):
   def test_fab_t_finds_the_smallest_perturbation(self):
     adversarial = autoattack.fab_t(self.model, self.images, self.labels, self.eps)
     self.assert_matches_the_optimum(adversarial)
-    linf = linf_distances(self.images, adversarial)
+    linf = distances(self.images, adversarial)[0]
     broken = linf > 0
     self.assertAllClose(linf[broken], self.minimal[broken], rtol=0.02)
 
@@ -414,7 +392,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent('''
     import numpy as np
     from igam_tf import attacks, autoattack
     from igam_tf.data import load_dataset
-    from tests.test_autoattack import tiny_cnn
+    from tests.attack_fixtures import tiny_cnn
 
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     with strategy.scope():
