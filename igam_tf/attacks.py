@@ -52,8 +52,10 @@ AUTOATTACK_METHODS = {'apgd_t': 100, 'fab_t': 100, 'square': 5000, 'autoattack':
                       'autoattack_fast': 100}
 
 # The cores of AUTOATTACK_METHODS, registered by igam_tf/autoattack.py when imported
-# (it builds on this module, so this one cannot import it).
+# (it builds on this module, so this one cannot import it), and the dataset runners of
+# the ensembles, which attack a dataset attack by attack as AutoAttack does.
 _REGISTERED_CORES = {}
+_DATASET_RUNNERS = {}
 
 _LOSS_ALIASES = {'ce': 'ce', 'xent': 'ce', 'dlr': 'dlr'}
 _NAME_GRAMMAR = re.compile(
@@ -103,12 +105,15 @@ class AttackResult:
     adversarial: float32 [N, H, W, C], or None unless asked for.
     zero_gradient: bool [N], examples whose cross-entropy input gradient is exactly zero
       at the clean input (only for 'clean', else None).
+    report: the ensembles' own report (an `autoattack.AutoAttackResult`: accuracy after
+      each attack, their times, the sanity checks), else None.
   """
   name: str
   correct: np.ndarray
   labels: np.ndarray
   adversarial: np.ndarray | None = None
   zero_gradient: np.ndarray | None = None
+  report: object = None
 
   @property
   def accuracy(self):
@@ -145,11 +150,15 @@ def parse_attack(name):
                     steps=steps, random_start=True)
 
 
-def register_core(method, core):
+def register_core(method, core, dataset_runner=None):
   """Registers the attack of an `AttackSpec.method` defined in another module:
   core(spec, model, images, labels, eps, restarts, seed, example_ids, compiled) returns
-  unchecked adversarial examples, like the cores below."""
+  unchecked adversarial examples, like the cores below. `attack_dataset` hands the whole
+  dataset to dataset_runner(spec, model, dataset, eps, restarts, num_examples, seed,
+  strategy, progress, batch_size, keep_adversarial) -> `AttackResult` if one is given."""
   _REGISTERED_CORES[method] = core
+  if dataset_runner:
+    _DATASET_RUNNERS[method] = dataset_runner
 
 
 def _registered_core(spec):
@@ -678,6 +687,11 @@ def attack_dataset(model, dataset, attack, eps=LINF_EPS, step_size=None, restart
   spec = parse_attack(attack) if isinstance(attack, str) else attack
   step_size = spec.default_step_size(eps) if step_size is None else step_size
   _check_settings(eps, step_size, spec.steps, restarts)
+  _registered_core(spec)  # fails before any work if not registered
+  if spec.method in _DATASET_RUNNERS:
+    return _DATASET_RUNNERS[spec.method](spec, model, dataset, eps, restarts, num_examples,
+                                         seed, strategy, progress, batch_size,
+                                         keep_adversarial)
   strategy = strategy or tf.distribute.get_strategy()
   if batch_size < strategy.num_replicas_in_sync:
     raise ValueError(f'batch_size {batch_size} is smaller than the number of replicas '
@@ -737,10 +751,10 @@ def attack_dataset(model, dataset, attack, eps=LINF_EPS, step_size=None, restart
   return result
 
 
-def robust_accuracy(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, restarts=1,
-                    num_examples=None, seed=0, strategy=None, progress=True, *,
-                    batch_size=100, step_size=None, l2_eps=None):
-  """Accuracy in percent under each attack, and under the worst case per example.
+def attack_results(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, restarts=1,
+                   num_examples=None, seed=0, strategy=None, progress=True, *,
+                   batch_size=100, step_size=None, l2_eps=None):
+  """Runs each attack over the dataset (`attack_dataset`), 'clean' first.
 
   Args:
     model: a Keras classifier or a callable images -> logits (see `attack_dataset`).
@@ -748,7 +762,8 @@ def robust_accuracy(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, resta
     attacks: attack names (see the module docstring) or `AttackSpec`s; 'clean' is always
       run, as it belongs to every worst case.
     eps: the L-inf radius on the [0, 1] scale.
-    restarts: random restarts of the PGD and APGD attacks.
+    restarts: random restarts of the PGD and APGD attacks (and of each attack of the
+      AutoAttack ensembles).
     num_examples: evaluate the first this many (None: all).
     seed: fixes every random start.
     strategy: an optional `tf.distribute.Strategy`.
@@ -758,9 +773,7 @@ def robust_accuracy(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, resta
     l2_eps: the L2 radius, needed for L2 attacks.
 
   Returns:
-    {attack name: accuracy, 'worst_case': accuracy on the examples that neither the clean
-    pass nor any L-inf attack broke}; with L2 attacks, 'worst_case_l2' likewise (and no
-    'worst_case' unless L-inf attacks ran too: the threat models differ).
+    {attack name: `AttackResult`}, in the order run.
   """
   specs = [parse_attack(a) if isinstance(a, str) else a for a in attacks]
   for spec in specs:
@@ -769,8 +782,7 @@ def robust_accuracy(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, resta
     specs.insert(0, parse_attack('clean'))
   if any(spec.norm == 'l2' and spec.method != 'clean' for spec in specs) and l2_eps is None:
     raise ValueError('L2 attacks need l2_eps.')
-  accuracies = {}
-  unbroken = {}
+  results = {}
   for spec in specs:
     radius = l2_eps if spec.norm == 'l2' and spec.method != 'clean' else eps
     step = step_size if spec.norm == 'linf' else None
@@ -781,13 +793,35 @@ def robust_accuracy(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, resta
           '%d of %d examples have an all-zero input gradient at the clean input: '
           'gradient attacks cannot move them; treat their robustness as unverified.',
           int(result.zero_gradient.sum()), len(result.zero_gradient))
-    accuracies[spec.name] = result.accuracy
-    norms = ('linf', 'l2') if spec.method == 'clean' else (spec.norm,)
-    for norm in norms:
+    results[spec.name] = result
+  return results
+
+
+def accuracies(results):
+  """{attack name: accuracy %, 'worst_case': accuracy on the examples that neither the
+  clean pass nor any L-inf attack broke} for `attack_results`' results; with L2
+  attacks, 'worst_case_l2' likewise (and no 'worst_case' unless L-inf attacks ran too:
+  the threat models differ)."""
+  unbroken, attacked_norms = {}, set()
+  for name, result in results.items():
+    spec = parse_attack(name)
+    if spec.method != 'clean':
+      attacked_norms.add(spec.norm)
+    for norm in (('linf', 'l2') if spec.method == 'clean' else (spec.norm,)):
       unbroken[norm] = unbroken.get(norm, result.correct) & result.correct
-  attacked_norms = {spec.norm for spec in specs if spec.method != 'clean'}
+  accuracy = {name: result.accuracy for name, result in results.items()}
   if 'linf' in attacked_norms or not attacked_norms:
-    accuracies['worst_case'] = 100.0 * float(np.mean(unbroken['linf']))
+    accuracy['worst_case'] = 100.0 * float(np.mean(unbroken['linf']))
   if 'l2' in attacked_norms:
-    accuracies['worst_case_l2'] = 100.0 * float(np.mean(unbroken['l2']))
-  return accuracies
+    accuracy['worst_case_l2'] = 100.0 * float(np.mean(unbroken['l2']))
+  return accuracy
+
+
+def robust_accuracy(model, dataset, attacks=DEFAULT_ATTACKS, eps=LINF_EPS, restarts=1,
+                    num_examples=None, seed=0, strategy=None, progress=True, *,
+                    batch_size=100, step_size=None, l2_eps=None):
+  """Accuracy in percent under each attack and in the worst case per example: the
+  `accuracies` of `attack_results` (same arguments)."""
+  return accuracies(attack_results(model, dataset, attacks, eps, restarts, num_examples,
+                                   seed, strategy, progress, batch_size=batch_size,
+                                   step_size=step_size, l2_eps=l2_eps))

@@ -56,6 +56,7 @@ SQUARE_P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 SQUARE_SCHEDULE_LENGTH = 10000
 VERSIONS = {'standard': ('apgd_ce', 'apgd_t', 'fab_t', 'square'),
             'fast': ('apgd_ce', 'apgd_t')}
+STAGE_NAMES = {'apgd_ce': 'APGD-CE', 'apgd_t': 'APGD-T', 'fab_t': 'FAB-T', 'square': 'Square'}
 _VERSION_OF_METHOD = {'autoattack': 'standard', 'autoattack_fast': 'fast'}
 _WHITE_BOX = ('apgd_ce', 'apgd_t', 'fab_t')
 
@@ -497,10 +498,6 @@ def adversarial_core(spec, model, images, labels, eps, restarts, seed, example_i
               settings.tensors())
 
 
-for _method in attacks.AUTOATTACK_METHODS:
-  attacks.register_core(_method, adversarial_core)
-
-
 # Public attacks on one batch.
 
 
@@ -932,12 +929,21 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
   for stage in stages:
     start = time.perf_counter()
     keep = correct.copy()
+    if progress:
+      print(f'AutoAttack ({version}): {STAGE_NAMES[stage]} on the {int(keep.sum())} of '
+            f'{keep.size} points still robust', flush=True)
     if keep.any():
 
       def stage_replica(images, labels, example_ids, stage=stage):
         images, labels = tf.cast(images, tf.float32), tf.cast(labels, tf.int64)
-        found = _stage_core(stage, model, images, labels, eps_t, restarts_t, seed_t,
-                            example_ids, tensors)
+        real = tf.where(example_ids >= 0)[:, 0]  # the padding is not attacked
+
+        def attack_real():
+          x, y, ids = _gather(real, images, labels, example_ids)
+          return _scatter(images, real, _stage_core(stage, model, x, y, eps_t, restarts_t,
+                                                    seed_t, ids, tensors))
+
+        found = tf.cond(tf.size(real) > 0, attack_real, lambda: images)
         return dict(images=images, adversarial=found, example_ids=example_ids,
                     correct=~attacks._misclassified(attacks.logits_of(model, found), labels))
 
@@ -955,6 +961,9 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
     logging.info('AutoAttack %s: robust accuracy %.2f%% (%d of %d) after %s, %.1f s',
                  version, 100.0 * correct.mean(), int(correct.sum()), correct.size, stage,
                  seconds[stage])
+    if progress:
+      print(f'AutoAttack ({version}): robust accuracy {100.0 * correct.mean():.2f}% after '
+            f'{STAGE_NAMES[stage]} ({seconds[stage]:.1f} s)', flush=True)
 
   if 'square' in after:
     white_box = [name for name in after if name in _WHITE_BOX]
@@ -966,3 +975,20 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
   return AutoAttackResult(version=version, eps=float(eps), labels=clean['labels'],
                           correct=correct, after=after, seconds=seconds, warnings=warnings,
                           adversarial=adversarial)
+
+
+def _run_ensemble_on_dataset(spec, model, dataset, eps, restarts, num_examples, seed,
+                             strategy, progress, batch_size, keep_adversarial):
+  """`attacks.attack_dataset` of an ensemble: `run_autoattack`, whose report (accuracy
+  after each attack, times, sanity checks) becomes the result's `report`."""
+  result = run_autoattack(model, dataset, eps, _VERSION_OF_METHOD[spec.method],
+                          num_examples=num_examples, seed=seed, strategy=strategy,
+                          progress=progress, batch_size=batch_size, restarts=restarts,
+                          keep_adversarial=keep_adversarial)
+  return attacks.AttackResult(name=spec.name, correct=result.correct, labels=result.labels,
+                              adversarial=result.adversarial, report=result)
+
+
+for _method in attacks.AUTOATTACK_METHODS:
+  attacks.register_core(_method, adversarial_core,
+                        _run_ensemble_on_dataset if _method in _VERSION_OF_METHOD else None)

@@ -115,8 +115,8 @@ def run_demo(f):
     serving.export_classifier(model, f'{root}/{name}/saved_model', (28, 28, 1),
                               overwrite=True)
   test = data.load_dataset('digits', 'test', classes=tuple(int(c) for c in f.target_classes))
-  results = evaluation.evaluate_models(models, test, f.attacks, eps, seed=f.seed)
-  warnings = []
+  evaluated = evaluation.evaluate_models(models, test, f.attacks, eps, seed=f.seed)
+  warnings = list(evaluated.warnings)
   if f.masking_examples:
     for name, model in models.items():
       report = masking_checks.run_checks(
@@ -144,7 +144,7 @@ def run_demo(f):
              + (f'{len(warnings)} warning(s) below.' if warnings else 'no warnings.')
              if f.masking_examples else 'Gradient-masking checks skipped.')
   return evaluation.write_report(
-      root, results, settings, title='IGAM demo on digits: target-task accuracy (%)',
+      root, evaluated, settings, title='IGAM demo on digits: target-task accuracy (%)',
       notes=DEMO_NOTES + (checked,), warnings=warnings)
 
 

@@ -12,7 +12,9 @@ them: every sub-folder with model.json or saved_model/ becomes a row of one tabl
 --checkpoint (a MadryLab TF1 checkpoint). Accuracies are in percent; "worst case" is the
 accuracy on the examples that no attack broke. Unless --masking_checks=false, the
 checks of igam_tf/masking_checks.py run on the first --masking_examples examples and
-print a WARNING line for each sign of gradient masking. --output writes the numbers,
+print a WARNING line for each sign of gradient masking. --attacks=autoattack runs
+AutoAttack's standard ensemble (JSON key "autoattack"): its accuracy after each attack
+is printed and its sanity checks give WARNING lines too. --output writes the numbers,
 the settings and the warnings as JSON, and a Markdown table beside it.
 """
 
@@ -63,7 +65,7 @@ def define_flags():
   flags.DEFINE_string('split', 'test', 'The split to evaluate on.')
   flags.DEFINE_list('classes', [], 'Keep only these class ids, relabelled 0..K-1.')
   flags.DEFINE_integer('image_size', None, 'Resize images to this square size.')
-  flags.DEFINE_list('attacks', list(attacks.DEFAULT_ATTACKS),
+  flags.DEFINE_list('attacks', list(evaluation.DEFAULT_ATTACKS),
                     'Attacks, e.g. clean,fgsm,pgd5,pgd10,pgd20,pgd50,pgd100,apgd_ce,apgd_dlr, '
                     'or the AutoAttack ensemble: autoattack (APGD-CE, APGD-T, FAB-T, Square) '
                     'or autoattack_fast (grammar in igam_tf/attacks.py).')
@@ -136,14 +138,15 @@ def _load_models(sources, transfer_from, split, strategy):
   return models, transfer
 
 
-def _print_findings(reports):
-  """An ok line per passed check (what was verified), then a WARNING line per failed one."""
+def _print_findings(reports, autoattack_warnings):
+  """An ok line per passed masking check (what was verified), then a WARNING line per
+  failed one and per failed AutoAttack sanity check."""
   for name, report in reports.items():
     for finding in report.findings:
       if not finding.suspicious:
         print(f'ok: {name}: {finding.check}: {finding.message}')
   warnings = [f'{name}: {message}' for name, report in reports.items()
-              for message in report.warnings]
+              for message in report.warnings] + list(autoattack_warnings)
   for warning in warnings:
     print(f'WARNING: {warning}')
   return warnings
@@ -171,15 +174,17 @@ def run_evaluation(f):
   print(f'Evaluating {len(models)} model(s) on {examples} examples of {f.dataset}:{f.split}, '
         f'L-inf eps {eps:.6g} (step {step_size:.6g}), {f.restarts} restart(s); attacks in '
         f'order: {", ".join(order)}.', flush=True)
-  results, reports = {}, {}
+  accuracies, autoattack_runs, reports = {}, {}, {}
   for i, (name, classifier) in enumerate(models.items(), 1):
     print(f'[{i}/{len(models)}] {name} ({classifier.kind}: {classifier.source})', flush=True)
     try:
       masking_checks.require_input_gradient(classifier.model, split)
-      results.update(evaluation.evaluate_models(
+      evaluated = evaluation.evaluate_models(
           {name: classifier.model}, split, names, eps, restarts=f.restarts,
           num_examples=f.num_examples, seed=f.seed, strategy=strategy,
-          batch_size=f.batch_size, step_size=step_size, l2_eps=l2_eps))
+          batch_size=f.batch_size, step_size=step_size, l2_eps=l2_eps)
+      accuracies.update(evaluated.accuracies)
+      autoattack_runs.update(evaluated.autoattack_runs)
       if f.masking_checks:
         print(f'Gradient-masking checks for {name} on the first {masking_examples} examples:',
               flush=True)
@@ -192,15 +197,20 @@ def run_evaluation(f):
     except attacks.AttackError as e:
       raise ValueError(f'{name}: {e}') from e
 
-  table = evaluation.markdown_table(results)
+  evaluated = evaluation.Evaluation(accuracies, autoattack_runs)
+  table = evaluation.markdown_table(accuracies)
   print(f'\nAccuracy (%) on {examples} examples; worst case: the examples no attack broke.')
   print(table)
-  warnings = _print_findings(reports)
+  if autoattack_runs:
+    print('\nAutoAttack, attack by attack (accuracy % after each; each attacks only the '
+          'points the earlier ones left):')
+    print(evaluation.autoattack_table(autoattack_runs))
+  warnings = _print_findings(reports, evaluated.warnings)
   if f.output:
     settings = _settings(f, examples, eps, step_size, l2_eps, large_eps, sources=sources,
                          masking_examples=masking_examples)
     paths = evaluation.write_evaluation(
-        f.output, results, settings, title=f'Robust accuracy (%) on {f.dataset}:{f.split}',
+        f.output, evaluated, settings, title=f'Robust accuracy (%) on {f.dataset}:{f.split}',
         notes=['Worst case: accuracy on the examples that no attack broke.'],
         warnings=warnings,
         masking_checks={name: report.to_json() for name, report in reports.items()})

@@ -3,37 +3,79 @@
 Accuracies are in percent. `worst_case` is the accuracy on the examples that no
 attack broke (the per-example worst case over every attack run): the number to
 quote, since methods that shape input gradients can look robust to one attack
-and not to another.
+and not to another. An AutoAttack ensemble also gets a table of the accuracy after
+each of its attacks and their times, and its failed sanity checks become warnings.
 """
 
+import dataclasses
 import json
 import os
 
 from igam_tf import attacks
-from igam_tf import autoattack  # pylint: disable=unused-import (registers its attacks)
+from igam_tf import autoattack
 
-# The paper's columns first, then the stronger attacks.
+# What igam_tf.evaluate runs unless told: the paper's columns and AutoAttack.
+DEFAULT_ATTACKS = ('clean', 'fgsm', 'pgd20', 'autoattack')
+# The paper's columns first, then the stronger attacks; the worst case always last.
 COLUMN_ORDER = ('clean', 'fgsm', 'pgd5', 'pgd10', 'pgd20', 'pgd50', 'pgd100', 'apgd_ce',
-                'apgd_dlr', 'worst_case')
+                'apgd_dlr', 'apgd_t', 'fab_t', 'square', 'autoattack_fast', 'autoattack')
+LAST_COLUMNS = ('worst_case', 'worst_case_l2')
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """Models evaluated under the same attacks.
+
+  Attributes:
+    accuracies: {model: {attack: accuracy %, 'worst_case': %}}, as the tables show it.
+    autoattack_runs: {model: {ensemble ('autoattack' or 'autoattack_fast'):
+      `autoattack.AutoAttackResult`}} for the ensembles that ran.
+  """
+  accuracies: dict
+  autoattack_runs: dict
+
+  @property
+  def warnings(self):
+    """The AutoAttack sanity checks that failed, as '<model>: AutoAttack: <message>'."""
+    return [f'{model}: AutoAttack: {message}'
+            for model, runs in self.autoattack_runs.items()
+            for run in runs.values() for message in run.warnings]
+
+  def autoattack_json(self):
+    """{model: {ensemble: {'accuracy_after': {attack: cumulative %}, 'seconds': {...},
+    'warnings': [...]}}}."""
+    return {model: {name: {'accuracy_after': run.accuracies,
+                           'seconds': {k: round(v, 1) for k, v in run.seconds.items()},
+                           'warnings': list(run.warnings)}
+                    for name, run in runs.items()}
+            for model, runs in self.autoattack_runs.items()}
 
 
 def evaluate_models(models, dataset, attack_names, eps, *, restarts=1, num_examples=None,
                     seed=0, strategy=None, batch_size=100, progress=True, step_size=None,
                     l2_eps=None):
-  """{model name: {attack: accuracy %}} for {model name: classifier} on one dataset
-  (a classifier: a Keras model or a callable images -> logits, e.g. a SavedModel's)."""
-  return {name: attacks.robust_accuracy(model, dataset, attack_names, eps=eps,
-                                        restarts=restarts, num_examples=num_examples,
-                                        seed=seed, strategy=strategy, batch_size=batch_size,
-                                        progress=progress, step_size=step_size,
-                                        l2_eps=l2_eps)
-          for name, model in models.items()}
+  """Evaluates {model name: classifier} on one dataset (a classifier: a Keras model or a
+  callable images -> logits, e.g. a SavedModel's) under the same attacks (see
+  `attacks.attack_results` for the arguments). Returns an `Evaluation`."""
+  accuracies, runs = {}, {}
+  for name, model in models.items():
+    results = attacks.attack_results(model, dataset, attack_names, eps=eps, restarts=restarts,
+                                     num_examples=num_examples, seed=seed, strategy=strategy,
+                                     batch_size=batch_size, progress=progress,
+                                     step_size=step_size, l2_eps=l2_eps)
+    accuracies[name] = attacks.accuracies(results)
+    ensembles = {attack: result.report for attack, result in results.items()
+                 if isinstance(result.report, autoattack.AutoAttackResult)}
+    if ensembles:
+      runs[name] = ensembles
+  return Evaluation(accuracies, runs)
 
 
 def columns(results):
   present = {column for row in results.values() for column in row}
   ordered = [c for c in COLUMN_ORDER if c in present]
-  return ordered + sorted(present - set(ordered))
+  last = [c for c in LAST_COLUMNS if c in present]
+  return ordered + sorted(present - set(ordered) - set(last)) + last
 
 
 def markdown_table(results, first_column='Model'):
@@ -48,15 +90,39 @@ def markdown_table(results, first_column='Model'):
 
 def _heading(column):
   names = {'clean': 'Clean', 'fgsm': 'FGSM', 'apgd_ce': 'APGD-CE', 'apgd_dlr': 'APGD-DLR',
-           'worst_case': 'Worst case'}
+           'apgd_t': 'APGD-T', 'fab_t': 'FAB-T', 'square': 'Square',
+           'autoattack': 'AutoAttack', 'autoattack_fast': 'AutoAttack (fast)',
+           'worst_case': 'Worst case', 'worst_case_l2': 'Worst case (L2)'}
   if column in names:
     return names[column]
   return column.upper().replace('PGD', 'PGD-') if column.startswith('pgd') else column
 
 
-def markdown_report(results, settings, title='Robust accuracy (%)', notes=(), warnings=()):
-  """The table, then notes, warnings (e.g. of gradient masking) and settings."""
+def autoattack_table(autoattack_runs):
+  """Markdown: per model and ensemble, the accuracy after each of its attacks (each
+  attacks only the points the earlier ones left) and the seconds each took."""
+  stages = list(dict.fromkeys(stage for runs in autoattack_runs.values()
+                              for run in runs.values() for stage in run.after))
+  lines = ['| Model | ' + ' | '.join(
+      'Clean' if stage == 'clean' else f'+ {autoattack.STAGE_NAMES[stage]}'
+      for stage in stages) + ' | Seconds |', '|---|' + '---:|' * (len(stages) + 1)]
+  for model, runs in autoattack_runs.items():
+    for name, run in runs.items():
+      label = model if name == 'autoattack' else f'{model} ({_heading(name)})'
+      cells = [f'{run.accuracies[stage]:.1f}' if stage in run.after else ''
+               for stage in stages]
+      lines.append(f'| {label} | ' + ' | '.join(cells) +
+                   f' | {sum(run.seconds.values()):.0f} |')
+  return '\n'.join(lines)
+
+
+def markdown_report(results, settings, title='Robust accuracy (%)', notes=(), warnings=(),
+                    autoattack_runs=None):
+  """The table, then AutoAttack attack by attack, notes, warnings (e.g. of gradient
+  masking) and settings."""
   lines = [f'# {title}', '', markdown_table(results), '']
+  if autoattack_runs:
+    lines += ['## AutoAttack, attack by attack', '', autoattack_table(autoattack_runs), '']
   lines += [f'- {note}' for note in notes]
   if warnings:
     lines += ['', '## Warnings', '']
@@ -75,13 +141,15 @@ def _write(json_path, markdown_path, document, markdown):
     f.write(markdown)
 
 
-def write_report(output_dir, results, settings, title='Robust accuracy (%)', notes=(),
+def write_report(output_dir, evaluation, settings, title='Robust accuracy (%)', notes=(),
                  warnings=()):
-  """Writes `results.json` ({model: {attack: %}, plus 'settings' and 'warnings'}) and
-  `results.md`."""
-  markdown = markdown_report(results, settings, title, notes, warnings)
+  """Writes `results.json` ({model: {attack: %}}, 'settings', 'warnings' and
+  'autoattack_runs') and `results.md` for an `Evaluation`; returns the Markdown."""
+  markdown = markdown_report(evaluation.accuracies, settings, title, notes, warnings,
+                             evaluation.autoattack_runs)
   _write(os.path.join(output_dir, 'results.json'), os.path.join(output_dir, 'results.md'),
-         {**results, 'settings': settings, 'warnings': list(warnings)}, markdown)
+         {**evaluation.accuracies, 'settings': settings, 'warnings': list(warnings),
+          'autoattack_runs': evaluation.autoattack_json()}, markdown)
   return markdown
 
 
@@ -95,21 +163,25 @@ def output_paths(output):
   return output + '.json', output + '.md'
 
 
-def write_evaluation(output, results, settings, title='Robust accuracy (%)', notes=(),
+def write_evaluation(output, evaluation, settings, title='Robust accuracy (%)', notes=(),
                      warnings=(), **sections):
-  """Writes an evaluation's JSON and Markdown (see `output_paths`); returns their paths.
+  """Writes an `Evaluation`'s JSON and Markdown (see `output_paths`); returns their paths.
 
-  The JSON holds, for one model, its accuracies at the top level ("pgd20": 43.5, ...)
-  with "model": its name; for several, {model: {attack: %}}. Then "settings",
-  "warnings" (a list of strings) and any further `sections`, e.g. the masking checks.
+  The JSON holds, for one model, its accuracies at the top level ("pgd20": 43.5,
+  "autoattack": 40.1, ...) with "model": its name; for several, {model: {attack: %}}.
+  Then "settings", "warnings" (a list of strings), "autoattack_runs" (see
+  `Evaluation.autoattack_json`) and any further `sections`, e.g. the masking checks.
   """
   json_path, markdown_path = output_paths(output)
+  results = evaluation.accuracies
   if len(results) == 1:
     [(name, row)] = results.items()
     document = {'model': name, **row}
   else:
     document = dict(results)
-  document.update(settings=settings, warnings=list(warnings), **sections)
+  document.update(settings=settings, warnings=list(warnings),
+                  autoattack_runs=evaluation.autoattack_json(), **sections)
   _write(json_path, markdown_path, document,
-         markdown_report(results, settings, title, notes, warnings))
+         markdown_report(results, settings, title, notes, warnings,
+                         evaluation.autoattack_runs))
   return json_path, markdown_path

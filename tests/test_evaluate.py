@@ -147,7 +147,7 @@ class EvaluateBinaryTest(tf.test.TestCase):
       report = json.load(f)
     keras_numbers = evaluation.evaluate_models(
         {'keras': _FIXTURE['robust']}, _FIXTURE['test'], names, EPS, num_examples=100,
-        batch_size=50, progress=False)['keras']
+        batch_size=50, progress=False).accuracies['keras']
     self.assertEqual(report['model'], 'saved_model')
     self.assertEqual({k: report[k] for k in keras_numbers}, keras_numbers)
     self.assertGreater(report['clean'], 80.0)
@@ -184,6 +184,51 @@ class EvaluateBinaryTest(tf.test.TestCase):
     self.assertLen(rows, 3)  # one header, one row per model: one table
     self.assertIn('| Model | Clean | FGSM | PGD-20 | Worst case |', result.stdout)
     self.assertIn('ok: pgd_at: transfer:', result.stdout)
+
+  def test_autoattack_by_default_on_a_saved_model(self):
+    export_dir = os.path.join(_FIXTURE['folder'], 'models', 'pgd_at', 'saved_model')
+    result = check(run_python(['-m', 'igam_tf.evaluate', f'--saved_model={export_dir}',
+                               '--dataset=digits', '--epsilon=0.1', '--num_examples=40',
+                               '--batch_size=40', '--masking_checks=false',
+                               f'--output={self.output}/aa.json']))
+    with open(os.path.join(self.output, 'aa.json')) as f:
+      report = json.load(f)
+    self.assertEqual(report['settings']['attacks'], list(evaluation.DEFAULT_ATTACKS))
+    self.assertIn('autoattack', report)
+    run = report['autoattack_runs']['saved_model']['autoattack']
+    after = run['accuracy_after']
+    self.assertEqual(list(after), ['clean', 'apgd_ce', 'apgd_t', 'fab_t', 'square'])
+    self.assertEqual(list(after.values()), sorted(after.values(), reverse=True))
+    self.assertEqual(report['autoattack'], after['square'])
+    self.assertEqual(after['clean'], report['clean'])
+    self.assertGreater(report['autoattack'], 0.0)  # a robust model, attacked to the end
+    self.assertLessEqual(report['worst_case'], min(report['autoattack'], report['pgd20']))
+    self.assertEqual(run['warnings'], [])
+    self.assertEqual(report['warnings'], [])
+    self.assertIn('AutoAttack (standard): Square on the', result.stdout)
+    self.assertIn('| Model | Clean | FGSM | PGD-20 | AutoAttack | Worst case |', result.stdout)
+    with open(os.path.join(self.output, 'aa.md')) as f:
+      markdown = f.read()
+    self.assertIn('| Model | Clean | + APGD-CE | + APGD-T | + FAB-T | + Square | Seconds |',
+                  markdown)
+
+  def test_autoattack_sanity_checks_flag_a_masked_saved_model(self):
+    masked = keras.Sequential([keras.Input(IMAGE_SHAPE), keras.layers.Lambda(quantize),
+                               _FIXTURE['standard']])
+    export_dir = os.path.join(self.output, 'masked')
+    serving.export_classifier(masked, export_dir, IMAGE_SHAPE)
+    result = check(run_python(['-m', 'igam_tf.evaluate', f'--saved_model={export_dir}',
+                               '--dataset=digits', '--epsilon=0.1', '--num_examples=20',
+                               '--batch_size=20', '--attacks=pgd20,autoattack',
+                               '--masking_checks=false', f'--output={self.output}/masked.json']))
+    with open(os.path.join(self.output, 'masked.json')) as f:
+      report = json.load(f)
+    self.assertGreater(report['pgd20'], 50.0)  # the gradient attacks see nothing...
+    self.assertLess(report['autoattack'], 20.0)  # ...Square does
+    warnings = ' '.join(report['warnings'])
+    self.assertRegex(warnings, r'masked: AutoAttack: (\d+) of \1 points have an all-zero')
+    self.assertIn('masked: AutoAttack: Square (gradient-free) broke', warnings)
+    self.assertIn('WARNING: ', result.stdout)
 
   def test_a_model_without_gradients_gets_an_error_not_numbers(self):
     result = run_python(['-m', 'igam_tf.evaluate', f'--model_dir={_FIXTURE["folder"]}/rounded',
