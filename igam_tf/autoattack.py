@@ -807,7 +807,7 @@ def _numbered_subset(dataset, num_examples, keep, batch_size):
       batch_size, drop_remainder=True)
 
 
-def _dataset_pass(replica_fn, batches, num_batches, strategy, eps, name, progress):
+def _dataset_pass(replica_fn, batches, num_batches, strategy, eps, progress):
   """Runs replica_fn(images, labels, ids) -> dict on every batch over `strategy`; checks
   any 'adversarial' output; returns the outputs of the real examples in id order."""
 
@@ -819,7 +819,6 @@ def _dataset_pass(replica_fn, batches, num_batches, strategy, eps, name, progres
                             stateful_metrics=['robust'])
   collected = {}
   num_correct = num_seen = done = 0
-  logging.info('AutoAttack %s: %s batches', name, num_batches)
   for batch in strategy.experimental_distribute_dataset(batches):
     done += 1
     outputs = {key: np.concatenate([np.asarray(t) for t in
@@ -841,6 +840,14 @@ def _dataset_pass(replica_fn, batches, num_batches, strategy, eps, name, progres
   order = np.flatnonzero(ids >= 0)
   order = order[np.argsort(ids[order], kind='stable')]
   return {key: value[order] for key, value in results.items()}
+
+
+def _report(progress, message):
+  """A progress line: printed beside the progress bars, else logged."""
+  if progress:
+    print(message, flush=True)
+  else:
+    logging.info(message)
 
 
 def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
@@ -900,7 +907,7 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
   start = time.perf_counter()
   clean = _dataset_pass(clean_replica, _numbered_subset(dataset, num_examples, None,
                                                         batch_size),
-                        None, strategy, eps, 'clean', progress)
+                        None, strategy, eps, progress)
   if not clean['labels'].size:
     raise ValueError('The dataset has no examples.')
   seconds = {'clean': time.perf_counter() - start}
@@ -929,9 +936,8 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
   for stage in stages:
     start = time.perf_counter()
     keep = correct.copy()
-    if progress:
-      print(f'AutoAttack ({version}): {STAGE_NAMES[stage]} on the {int(keep.sum())} of '
-            f'{keep.size} points still robust', flush=True)
+    _report(progress, f'AutoAttack ({version}): {STAGE_NAMES[stage]} on the '
+                      f'{int(keep.sum())} of {keep.size} points still robust')
     if keep.any():
 
       def stage_replica(images, labels, example_ids, stage=stage):
@@ -950,7 +956,7 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
       num_batches = -(-int(keep.sum()) // batch_size)
       outputs = _dataset_pass(stage_replica,
                               _numbered_subset(dataset, num_examples, keep, batch_size),
-                              num_batches, strategy, eps, stage, progress)
+                              num_batches, strategy, eps, progress)
       ids = outputs['example_ids']
       correct[ids] = outputs['correct']
       if keep_adversarial:
@@ -958,12 +964,9 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
         adversarial[broken] = outputs['adversarial'][~outputs['correct']]
     after[stage] = correct.copy()
     seconds[stage] = time.perf_counter() - start
-    logging.info('AutoAttack %s: robust accuracy %.2f%% (%d of %d) after %s, %.1f s',
-                 version, 100.0 * correct.mean(), int(correct.sum()), correct.size, stage,
-                 seconds[stage])
-    if progress:
-      print(f'AutoAttack ({version}): robust accuracy {100.0 * correct.mean():.2f}% after '
-            f'{STAGE_NAMES[stage]} ({seconds[stage]:.1f} s)', flush=True)
+    _report(progress, f'AutoAttack ({version}): robust accuracy {100.0 * correct.mean():.2f}% '
+                      f'({int(correct.sum())} of {correct.size}) after {STAGE_NAMES[stage]}, '
+                      f'{seconds[stage]:.1f} s')
 
   if 'square' in after:
     white_box = [name for name in after if name in _WHITE_BOX]

@@ -412,7 +412,8 @@ DISTRIBUTED_SCRIPT = textwrap.dedent('''
           float(np.abs(distributed.adversarial - single.adversarial).max()),
           bool(np.array_equal(distributed.correct, single.correct))]
 
-    # Every attack of the ensemble, batch by batch and attack by attack (the two agree).
+    # Every attack of the ensemble over the dataset, attack by attack (attack_dataset
+    # hands it to run_autoattack); and on one batch, all attacks in one tf.function.
     single = attacks.attack_dataset(model, test, 'autoattack', 0.1, **kwargs)
     compare('autoattack',
             attacks.attack_dataset(model, test, 'autoattack', 0.1, strategy=strategy,
@@ -420,6 +421,13 @@ DISTRIBUTED_SCRIPT = textwrap.dedent('''
     compare('run_autoattack',
             autoattack.run_autoattack(model, test, 0.1, strategy=strategy, settings=small,
                                       **kwargs), single)
+    images, labels = next(iter(test.dataset.take(20).batch(20)))
+    batch = attacks.run_attack('autoattack', model, images, labels, eps=0.1, seed=1)
+    correct = np.argmax(model(batch), axis=1) == labels.numpy()
+    report['attacks']['one_batch'] = [
+        100.0 * correct.mean(), single.accuracy,
+        float(np.abs(np.asarray(batch) - single.adversarial).max()),
+        bool(np.array_equal(correct, single.correct))]
     print(json.dumps(report))
 ''')
 
