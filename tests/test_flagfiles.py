@@ -103,7 +103,7 @@ class FlagfileTest(tf.test.TestCase):
     if binary == 'demo':
       return [f'--output_dir={os.path.join(self.root, values["output_dir"])}',
               '--teacher_steps=2', '--finetune_steps=2', '--student_steps=2', '--batch_size=8',
-              '--attacks=clean,fgsm,pgd5', '--masking_examples=0']
+              '--attacks=clean,fgsm,pgd5,autoattack_fast', '--masking_examples=0']
     argv = ['--train_steps=2', '--checkpoint_every=2', '--batch_size=4', '--summary_every=1',
             '--validation_split=']
     for name, value in values.items():
@@ -149,6 +149,14 @@ class FlagfileTest(tf.test.TestCase):
       for (flagfile, code), (_, output) in zip(exits, jobs[binary]):
         self.assertIn(code, ('0', 'None'), f'{flagfile} failed:\n{result.stderr[-4000:]}')
         self.assertTrue(os.path.exists(output), f'{flagfile} wrote no {output}')
+        if binary == 'demo':  # every model of the table also got an AutoAttack run
+          with open(output) as f:
+            report = json.load(f)
+          rows = report.keys() - {'settings', 'warnings', 'autoattack_runs'}
+          self.assertLen(rows, 6)
+          self.assertSameElements(report['autoattack_runs'], rows)
+          for name in rows:
+            self.assertIn('autoattack_fast', report[name])
 
 
 if __name__ == '__main__':
