@@ -119,7 +119,7 @@ def run_demo(f):
   attacked = time.time()
   evaluated = evaluation.evaluate_models(models, test, f.attacks, eps, seed=f.seed)
   timings['attacks'] = round(time.time() - attacked, 1)
-  warnings, checked = [], time.time()
+  warnings, checks_began = [], time.time()
   if f.masking_examples:
     for name, model in models.items():
       report = masking_checks.run_checks(
@@ -127,7 +127,7 @@ def run_demo(f):
           transfer_source=None if name == 'standard' else models['standard'],
           transfer_name='the standard student')
       warnings += [f'{name}: {warning}' for warning in report.warnings]
-  timings['masking_checks'] = round(time.time() - checked, 1)
+  timings['masking_checks'] = round(time.time() - checks_began, 1)
   images, labels = next(iter(test.dataset.batch(8)))
   visualization.write_png(f'{root}/input_gradients.png',
                           visualization.gradient_grid(models, images, labels))

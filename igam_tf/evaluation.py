@@ -100,7 +100,7 @@ def _heading(column):
 
 def autoattack_table(autoattack_runs):
   """Markdown: per model and ensemble, the accuracy after each of its attacks (each
-  attacks only the points the earlier ones left) and the seconds each took."""
+  attacks only the points the earlier ones left) and the seconds the ensemble took."""
   stages = list(dict.fromkeys(stage for runs in autoattack_runs.values()
                               for run in runs.values() for stage in run.after))
   lines = ['| Model | ' + ' | '.join(
