@@ -179,12 +179,12 @@ def run_evaluation(f):
     print(f'[{i}/{len(models)}] {name} ({classifier.kind}: {classifier.source})', flush=True)
     try:
       masking_checks.require_input_gradient(classifier.model, split)
-      evaluated = evaluation.evaluate_models(
+      one_model = evaluation.evaluate_models(
           {name: classifier.model}, split, names, eps, restarts=f.restarts,
           num_examples=f.num_examples, seed=f.seed, strategy=strategy,
           batch_size=f.batch_size, step_size=step_size, l2_eps=l2_eps)
-      accuracies.update(evaluated.accuracies)
-      autoattack_runs.update(evaluated.autoattack_runs)
+      accuracies.update(one_model.accuracies)
+      autoattack_runs.update(one_model.autoattack_runs)
       if f.masking_checks:
         print(f'Gradient-masking checks for {name} on the first {masking_examples} examples:',
               flush=True)

@@ -1,7 +1,30 @@
 """Small models and images that the attack tests share."""
 
+import textwrap
+
 import keras
 import numpy as np
+
+# The start of a script run with (repository, tiny_cnn weights): two logical CPUs, a
+# MirroredStrategy over them, the weights loaded into a tiny_cnn built in its scope, and
+# the digits test split (`strategy`, `model`, `test`; `attacks`, `np`, `json` imported).
+TWO_CPU_PRELUDE = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np
+    from igam_tf import attacks
+    from igam_tf.data import load_dataset
+    from tests.attack_fixtures import tiny_cnn
+
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+    with strategy.scope():
+      model = tiny_cnn()
+    model.load_weights(sys.argv[2])
+    test = load_dataset('digits', 'test')
+''')
 
 
 def tiny_cnn(image_shape=(28, 28, 1), num_classes=10, dropout=0.0):

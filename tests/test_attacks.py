@@ -17,6 +17,7 @@ import tensorflow as tf
 from igam_tf import attacks
 from igam_tf.data import load_dataset
 from igam_tf.data import make_pipeline
+from tests.attack_fixtures import TWO_CPU_PRELUDE
 from tests.attack_fixtures import distances
 from tests.attack_fixtures import edge_images
 from tests.attack_fixtures import tiny_cnn
@@ -279,22 +280,7 @@ class DigitsModelTest(tf.test.TestCase):
 
 
 # 49 examples in batches of 16: the padded last batch still gives each replica examples.
-DISTRIBUTED_SCRIPT = textwrap.dedent('''
-    import json, sys
-    sys.path.insert(0, sys.argv[1])
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices('CPU')[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import numpy as np
-    from igam_tf import attacks
-    from igam_tf.data import load_dataset
-    from tests.attack_fixtures import tiny_cnn
-
-    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-    with strategy.scope():
-      model = tiny_cnn()
-    model.load_weights(sys.argv[2])
-    test = load_dataset('digits', 'test')
+DISTRIBUTED_SCRIPT = TWO_CPU_PRELUDE + textwrap.dedent('''
     report = {'replicas': strategy.num_replicas_in_sync, 'attacks': {}}
     for name, eps in [('pgd20', 0.1), ('apgd40_ce', 0.1), ('apgd20_dlr', 0.1), ('pgd10_l2', 1.0)]:
       kwargs = dict(num_examples=49, batch_size=16, restarts=2, seed=1, progress=False,

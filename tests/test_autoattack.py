@@ -22,6 +22,7 @@ from igam_tf import attacks
 from igam_tf import autoattack
 from igam_tf.data import load_dataset
 from igam_tf.data import make_pipeline
+from tests.attack_fixtures import TWO_CPU_PRELUDE
 from tests.attack_fixtures import distances
 from tests.attack_fixtures import edge_images
 from tests.attack_fixtures import tiny_cnn
@@ -383,22 +384,8 @@ class DigitsModelTest(tf.test.TestCase):
 
 
 # 20 examples in batches of 8: the padded last batch still gives each replica examples.
-DISTRIBUTED_SCRIPT = textwrap.dedent('''
-    import json, sys
-    sys.path.insert(0, sys.argv[1])
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices('CPU')[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import numpy as np
-    from igam_tf import attacks, autoattack
-    from igam_tf.data import load_dataset
-    from tests.attack_fixtures import tiny_cnn
-
-    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-    with strategy.scope():
-      model = tiny_cnn()
-    model.load_weights(sys.argv[2])
-    test = load_dataset('digits', 'test')
+DISTRIBUTED_SCRIPT = TWO_CPU_PRELUDE + textwrap.dedent('''
+    from igam_tf import autoattack
     small = autoattack.Settings(apgd_steps=10, apgd_t_steps=10, fab_steps=10,
                                 square_queries=100, num_targets=3)
     autoattack.STANDARD = small
