@@ -1,9 +1,16 @@
 """Small models and images that the attack tests share."""
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import textwrap
 
 import keras
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The start of a script run with (repository, tiny_cnn weights): two logical CPUs, a
 # MirroredStrategy over them, the weights loaded into a tiny_cnn built in its scope, and
@@ -25,6 +32,19 @@ TWO_CPU_PRELUDE = textwrap.dedent('''
     model.load_weights(sys.argv[2])
     test = load_dataset('digits', 'test')
 ''')
+
+
+def run_on_two_cpus(model, script):
+  """Runs `script` (starting with TWO_CPU_PRELUDE) on `model`'s weights in a fresh process,
+  so that it can split one CPU into two devices; returns the JSON its last line prints."""
+  with tempfile.TemporaryDirectory() as folder:
+    weights = os.path.join(folder, 'tiny.weights.h5')
+    model.save_weights(weights)
+    completed = subprocess.run([sys.executable, '-c', script, REPO, weights],
+                               capture_output=True, text=True, timeout=300, check=False)
+  if completed.returncode:
+    raise AssertionError(f'the two-CPU script failed:\n{completed.stderr[-3000:]}')
+  return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def tiny_cnn(image_shape=(28, 28, 1), num_classes=10, dropout=0.0):

@@ -1,11 +1,7 @@
 """Attacks: threat-model bounds, analytic optima, strength, restarts, the bounds check,
 distribution, seeds and compilation."""
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import textwrap
 from unittest import mock
 
@@ -20,9 +16,9 @@ from igam_tf.data import make_pipeline
 from tests.attack_fixtures import TWO_CPU_PRELUDE
 from tests.attack_fixtures import distances
 from tests.attack_fixtures import edge_images
+from tests.attack_fixtures import run_on_two_cpus
 from tests.attack_fixtures import tiny_cnn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-6
 
 
@@ -264,13 +260,7 @@ class DigitsModelTest(tf.test.TestCase):
     self.assertAllClose(result.adversarial, adversarial, atol=1e-6)
 
   def test_distributed_results_equal_one_device(self):
-    with tempfile.TemporaryDirectory() as folder:
-      weights = os.path.join(folder, 'tiny.weights.h5')
-      self.model.save_weights(weights)
-      completed = subprocess.run([sys.executable, '-c', DISTRIBUTED_SCRIPT, REPO, weights],
-                                 capture_output=True, text=True, timeout=300, check=False)
-    self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = run_on_two_cpus(self.model, DISTRIBUTED_SCRIPT)
     self.assertEqual(report['replicas'], 2)
     for name, (distributed, single, max_difference, same_correct) in report['attacks'].items():
       self.assertEqual(distributed, single, name)

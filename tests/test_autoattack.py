@@ -4,11 +4,6 @@ analytic optima on a linear model, strength on a trained digits model, the sanit
 
 import dataclasses
 import functools
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import textwrap
 from unittest import mock
 
@@ -25,9 +20,9 @@ from igam_tf.data import make_pipeline
 from tests.attack_fixtures import TWO_CPU_PRELUDE
 from tests.attack_fixtures import distances
 from tests.attack_fixtures import edge_images
+from tests.attack_fixtures import run_on_two_cpus
 from tests.attack_fixtures import tiny_cnn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-6
 # Reduced budgets where a property does not depend on them.
 SMALL = autoattack.Settings(apgd_steps=20, apgd_t_steps=20, fab_steps=20,
@@ -369,13 +364,7 @@ class DigitsModelTest(tf.test.TestCase):
       self.assertNotAllClose(first, other)
 
   def test_distributed_results_equal_one_device(self):
-    with tempfile.TemporaryDirectory() as folder:
-      weights = os.path.join(folder, 'tiny.weights.h5')
-      self.model.save_weights(weights)
-      completed = subprocess.run([sys.executable, '-c', DISTRIBUTED_SCRIPT, REPO, weights],
-                                 capture_output=True, text=True, timeout=300, check=False)
-    self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = run_on_two_cpus(self.model, DISTRIBUTED_SCRIPT)
     self.assertEqual(report['replicas'], 2)
     for name, (distributed, single, max_difference, same_correct) in report['attacks'].items():
       self.assertEqual(distributed, single, name)
