@@ -28,16 +28,21 @@ def simple_cnn(num_classes, filters=(32, 64, 128), activation='relu', name='simp
 
 
 def build_classifier(architecture, num_classes, image_shape, activation=None, filters=None,
-                     units_per_stage=5):
+                     units_per_stage=5, input_normalization=None):
   """Builds (and runs once, so its weights exist) a classifier by name.
 
   `activation=None` keeps the architecture's own; `filters` sets madry_resnet's
-  four widths or simple_cnn's layer widths.
+  four widths or simple_cnn's layer widths; `input_normalization` madry_resnet's
+  ('standardize', Madry's, when None; or 'mean_l2', the IGAM authors' student).
   """
   activation = activation or DEFAULT_ACTIVATIONS.get(architecture)
+  if input_normalization and architecture != 'madry_resnet':
+    raise ValueError(f'Only madry_resnet takes an input normalization, not {architecture}: '
+                     f'leave --student_input_normalization unset')
   if architecture == 'madry_resnet':
     model = MadryResNet(filters=filters or SMALL_FILTERS, units_per_stage=units_per_stage,
-                        num_classes=num_classes, activation=activation)
+                        num_classes=num_classes, activation=activation,
+                        input_normalization=input_normalization or 'standardize')
   elif architecture == 'madry_mnist':
     if filters:
       raise ValueError('madry_mnist has fixed widths: leave --filters unset')
@@ -48,3 +53,20 @@ def build_classifier(architecture, num_classes, image_shape, activation=None, fi
     raise ValueError(f'Unknown architecture {architecture!r}; known: {", ".join(ARCHITECTURES)}')
   model(keras.ops.zeros((1,) + tuple(image_shape)))
   return model
+
+
+def logits_with_batch_statistics(model, images):
+  """`model`'s logits with its BN layers normalizing by the batch's statistics, and no
+  weight or moving average changed (Madry's models; a model without BN as it is)."""
+  if hasattr(model, 'features'):  # the Madry models
+    return model(images, training=False, batch_statistics=True)
+  if has_batch_norm(model):
+    raise ValueError(f'{model.name} has BN layers but no batch-statistics mode: only the '
+                     f'Madry models run BN with batch statistics without training')
+  return model(images, training=False)
+
+
+def has_batch_norm(layer):
+  """Whether `layer` or any layer inside it is a BatchNormalization."""
+  return isinstance(layer, keras.layers.BatchNormalization) or any(
+      has_batch_norm(inner) for inner in getattr(layer, 'layers', ()))

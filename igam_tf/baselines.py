@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from igam_tf import attacks
+from igam_tf.architectures import logits_with_batch_statistics
 from igam_tf.igam import PIXEL_SCALE
 from igam_tf.igam import weight_decay_loss
 from igam_tf.input_gradients import input_gradients
@@ -64,29 +65,47 @@ class StandardTraining(keras.Model):
     return {'accuracy': self.accuracy.result()}
 
 
-class PGDAdversarialTraining(StandardTraining):
-  """Trains on PGD-k adversarial examples (L-inf, random start), made afresh each step."""
+PGD_BN = ('moving', 'batch')
 
-  def __init__(self, classifier, epsilon, step_size, steps, seed=0, **kwargs):
+
+class PGDAdversarialTraining(StandardTraining):
+  """Trains on PGD-k adversarial examples (L-inf, random start), made afresh each step.
+
+  `pgd_bn` is how BN runs while the examples are crafted: 'moving' (inference mode,
+  ours) or 'batch' (the batch's statistics, as Madry's code crafts them, without
+  touching the moving averages).
+  """
+
+  def __init__(self, classifier, epsilon, step_size, steps, seed=0, pgd_bn='moving',
+               **kwargs):
     super().__init__(classifier, **kwargs)
+    if pgd_bn not in PGD_BN:
+      raise ValueError(f'--pgd_bn must be one of {", ".join(PGD_BN)}, got {pgd_bn!r}')
     self.epsilon, self.step_size, self.steps, self.seed = epsilon, step_size, steps, seed
+    self.pgd_bn = pgd_bn
 
   def training_images(self, images, labels):
     # A new random start every step, repeatable from the step number (so resumed runs match).
     seed = self.seed * 2**24 + tf.cast(self.optimizer.iterations, tf.int64)
+    target = self.classifier if self.pgd_bn == 'moving' else (
+        lambda x: logits_with_batch_statistics(self.classifier, x))
     return tf.stop_gradient(attacks.pgd_linf(
-        self.classifier, images, labels, eps=self.epsilon, step_size=self.step_size,
+        target, images, labels, eps=self.epsilon, step_size=self.step_size,
         steps=self.steps, seed=seed))
 
 
 class GradientNormPenalty(StandardTraining):
-  """Adds weight * ||J||^2 summed over the batch, J on the 0..255 scale as in IGAM."""
+  """Adds weight * ||J||^2 summed over the batch, J on the 0..255 scale as in IGAM,
+  from `penalty_start_step` on (IGAM's schedule: igam_start_step)."""
 
-  def __init__(self, classifier, penalty_weight, gradient_of='xent', **kwargs):
+  def __init__(self, classifier, penalty_weight, gradient_of='xent', penalty_start_step=0,
+               **kwargs):
     super().__init__(classifier, **kwargs)
     self.penalty_weight, self.gradient_of = penalty_weight, gradient_of
+    self.penalty_start_step = penalty_start_step
 
   def logits_and_penalty(self, images, labels):
     gradients, logits = input_gradients(lambda x: self.classifier(x, training=True),
                                         images, labels, self.gradient_of)
-    return logits, self.penalty_weight * tf.reduce_sum(tf.square(gradients / PIXEL_SCALE))
+    penalty = self.penalty_weight * tf.reduce_sum(tf.square(gradients / PIXEL_SCALE))
+    return logits, tf.where(self.optimizer.iterations >= self.penalty_start_step, penalty, 0.0)

@@ -10,6 +10,7 @@ trained model with `model_io.save_model` for export and evaluation.
 import dataclasses
 import os
 
+from absl import logging
 import keras
 
 from igam_tf import baselines
@@ -68,7 +69,10 @@ class IGAMSettings:
   adv_weight: float = 1.0
   diff_weight: float = 10.0
   disc_every: int = 1
+  disc_update: str = 'accumulate'
+  diff_window: str = 'crop'
   igam_start_step: int = 0
+  teacher_bn: str = 'moving'
   disc_blocks: int = 4
   disc_filters: int = 8
   disc_optimizer: OptimizerSettings = dataclasses.field(
@@ -80,8 +84,10 @@ class BaselineSettings:
   epsilon: float = 8 / 255  # pgd_at
   pgd_steps: int = 7
   pgd_step_size: float = 2 / 255
+  pgd_bn: str = 'moving'
   penalty_weight: float = 10.0  # grad_norm
   gradient_of: str = 'xent'
+  penalty_start_step: int = 0
 
 
 def load_training_data(settings):
@@ -122,22 +128,23 @@ def _config(**settings):
 
 
 def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
-                     source_num_classes=None):
+                     source_num_classes=None, teacher_bn='moving'):
   """Section 4.1: a new K-way head (and the transform's weights, if any) trained with
-  Adam on the target task; every source weight frozen. Returns the teacher."""
+  Adam on the target task; every source weight frozen, its BN as `teacher_bn` says
+  (see `teacher.Teacher`). Returns the teacher."""
   train_split, stream, validation = load_training_data(data_settings)
   strategy = distribution.get_strategy(run.strategy)
   with strategy.scope():
     source_model, source_spec = model_io.load_source(source, num_classes=source_num_classes)
     spec = model_io.teacher_spec(source_spec, train_split.num_classes, transform,
-                                 train_split.image_shape)
-    teacher = Teacher(source_model, train_split.num_classes, transform)
+                                 train_split.image_shape, batch_norm=teacher_bn)
+    teacher = Teacher(source_model, train_split.num_classes, transform, batch_norm=teacher_bn)
     teacher(keras.ops.zeros((1,) + tuple(train_split.image_shape)))
     model = baselines.StandardTraining(teacher)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
   _run(model, stream, validation, run,
        _config(source=source, transform=transform, data=data_settings, run=run,
-               learning_rate=learning_rate), {'teacher': teacher})
+               learning_rate=learning_rate, teacher_bn=teacher_bn), {'teacher': teacher})
   model_io.save_model(run.model_dir, teacher, spec)
   return teacher
 
@@ -153,14 +160,20 @@ def train_igam(student_spec, teacher, data_settings, optimizer, igam, run, teach
   with strategy.scope():
     teacher_source = teacher
     teacher, teacher_spec = model_io.load_teacher(teacher_source, train_split.image_shape,
-                                                  teacher_transform)
+                                                  teacher_transform, igam.teacher_bn)
     _check_same_task(teacher_spec, train_split, 'teacher')
+    if igam.teacher_bn != teacher_spec.get('batch_norm', 'moving'):
+      logging.warning('The teacher was finetuned with its BN in %r mode, IGAM runs it in %r '
+                      '(--teacher_bn)', teacher_spec.get('batch_norm', 'moving'), igam.teacher_bn)
+    teacher.batch_norm = igam.teacher_bn
     student = model_io.build_model(student_spec)
     model = IGAM(student, teacher, build_discriminator(igam.disc_blocks, igam.disc_filters),
                  gradient_window=teacher.transform.gradient_window(train_split.image_shape),
                  gradient_of=igam.gradient_of, adv_weight=igam.adv_weight,
                  diff_weight=igam.diff_weight, disc_every=igam.disc_every,
-                 igam_start_step=igam.igam_start_step, weight_decay=optimizer.weight_decay)
+                 disc_update=igam.disc_update, diff_window=igam.diff_window,
+                 igam_start_step=igam.igam_start_step, weight_decay=optimizer.weight_decay,
+                 disc_weight_decay=igam.disc_optimizer.weight_decay)
     model.compile(optimizer.build(), igam.disc_optimizer.build())
   _run(model, stream, validation, run,
        _config(student=student_spec, teacher=teacher_source,
@@ -188,11 +201,12 @@ def train_baseline(method, student_spec, data_settings, optimizer, baseline, run
     elif method == 'pgd_at':
       model = baselines.PGDAdversarialTraining(
           classifier, epsilon=baseline.epsilon, step_size=baseline.pgd_step_size,
-          steps=baseline.pgd_steps, seed=data_settings.seed, **common)
+          steps=baseline.pgd_steps, seed=data_settings.seed, pgd_bn=baseline.pgd_bn, **common)
     else:
       model = baselines.GradientNormPenalty(
           classifier, penalty_weight=baseline.penalty_weight,
-          gradient_of=baseline.gradient_of, **common)
+          gradient_of=baseline.gradient_of, penalty_start_step=baseline.penalty_start_step,
+          **common)
     model.compile(optimizer=optimizer.build())
   _run(model, stream, validation, run,
        _config(method=method, student=student_spec, data=data_settings, optimizer=optimizer,

@@ -25,6 +25,7 @@ def define_flags():
   flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate of the new head.')
   flags.DEFINE_integer('source_num_classes', None, 'Classes of a Madry source checkpoint\'s '
                        'head; unset: read from the checkpoint.')
+  flag_groups.define_teacher_bn_flag()
   flag_groups.define_data_flags(default_batch_size=64)
   flag_groups.define_run_flags(default_steps=4700, default_checkpoint_every=470)
   flags.mark_flag_as_required('source')
@@ -36,7 +37,8 @@ def main(argv):
   f = flags.FLAGS
   experiments.finetune_teacher(f.source, f.transform, flag_groups.data_settings(f),
                                flag_groups.run_settings(f), learning_rate=f.learning_rate,
-                               source_num_classes=f.source_num_classes)
+                               source_num_classes=f.source_num_classes,
+                               teacher_bn=f.teacher_bn)
   print(f'Finetuned teacher saved to {f.model_dir}')
 
 

@@ -10,11 +10,13 @@ import sys
 
 from absl import flags
 
+import madry_models
 from igam_tf import architectures
 from igam_tf import distribution
 from igam_tf import experiments
 from igam_tf import model_io
 from igam_tf import optimization
+from igam_tf import teacher
 from igam_tf import training
 
 
@@ -71,6 +73,16 @@ def define_student_flags(architecture='madry_resnet'):
   flags.DEFINE_list('student_filters', [], 'madry_resnet: 4 widths (16,160,320,640 is WRN '
                     '32-10); simple_cnn: layer widths. Unset: small defaults.')
   flags.DEFINE_integer('student_units_per_stage', 5, 'madry_resnet: residual units per stage.')
+  flags.DEFINE_enum('student_input_normalization', None, list(madry_models.INPUT_NORMALIZATIONS),
+                    'madry_resnet: standardize (Madry\'s per_image_standardization, when '
+                    'unset) or mean_l2 (the IGAM authors\' student: subtract the image\'s '
+                    'mean, scale to unit L2 norm).')
+
+
+def define_teacher_bn_flag():
+  flags.DEFINE_enum('teacher_bn', 'moving', teacher.TEACHER_BN, 'BN of the frozen teacher '
+                    'while it is finetuned or teaches: moving (inference mode) or batch (the '
+                    'batch\'s statistics, as the IGAM authors\' code).')
 
 
 def data_settings(f):
@@ -100,7 +112,8 @@ def student_spec(f):
   return model_io.classifier_spec(
       f.student_architecture, activation=f.student_activation,
       filters=tuple(int(v) for v in f.student_filters) or None,
-      units_per_stage=f.student_units_per_stage)
+      units_per_stage=f.student_units_per_stage,
+      input_normalization=f.student_input_normalization)
 
 
 def reports_errors(main):

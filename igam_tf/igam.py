@@ -16,9 +16,31 @@ from igam_tf.input_gradients import normalize_per_example
 PIXEL_SCALE = 255.0
 
 
+DISC_UPDATES = ('accumulate', 'current_batch')
+DIFF_WINDOWS = ('crop', 'full')
+
+
 def weight_decay_loss(model):
   """Madry's L2 penalty: sum of ||kernel||^2 / 2 over the model's kernels."""
   return tf.add_n([tf.nn.l2_loss(w) for w in model.trainable_weights if w.name == 'kernel'])
+
+
+def igam_losses(labels, logits, j_s, j_t, disc_labels, disc_logits, global_batch):
+  """The arithmetic of Algorithm 1's student and discriminator losses, for one replica's
+  share of the batch (replicas' gradients are summed, so means divide by the global
+  batch).
+
+  Returns a dict: xent (the student's classification loss), disc_xent (the
+  discriminator's cross-entropy on student (0) and teacher (1) gradients), adv
+  (L_adv = -disc_xent: the student maximizes it, a true minimax as in the authors'
+  code) and diff (L_diff = ||J_s - J_t||^2 summed over the batch, as the authors').
+  """
+  xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
+      labels, logits, from_logits=True)) / global_batch
+  disc_xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
+      disc_labels, disc_logits, from_logits=True)) / (2.0 * global_batch)
+  return {'xent': xent, 'disc_xent': disc_xent, 'adv': -disc_xent,
+          'diff': tf.reduce_sum(tf.square(j_s - j_t))}
 
 
 class IGAM(keras.Model):
@@ -27,45 +49,58 @@ class IGAM(keras.Model):
   Args:
     student: any Keras classifier of target-task images in [0, 1] to logits.
     teacher: the finetuned teacher, from target-task images (through its input
-      transform) to logits, e.g. a `teacher.Teacher`; frozen here.
+      transform) to logits, e.g. a `teacher.Teacher`; frozen here. It is called with
+      `training=True`, so a random transform (random_pad) draws afresh each step; a
+      `Teacher` keeps its BN as its `batch_norm` says.
     discriminator: a Keras model from gradient maps to 2 logits (1 = teacher).
     gradient_window: a `transforms.GradientWindow` when the teacher sees only a
-      crop of the image: both gradient maps are cropped to it.
+      crop of the image: both gradient maps are cropped to it before the
+      discriminator (Sec. 4.3.2) and, with diff_window='crop', before L_diff.
     gradient_of: 'xent' (the paper's text) or 'true_prob' (the authors' code).
     adv_weight, diff_weight: the weights of L_adv and L_diff.
     disc_every: one discriminator step per this many student steps.
+    disc_update: with disc_every > 1, 'accumulate' (the mean of those steps' gradients,
+      applied once) or 'current_batch' (the authors': one step on that step's batch).
+    diff_window: 'crop' (ours: L_diff sees what the discriminator sees) or 'full'
+      (the whole maps: the student's gradient outside the teacher's crop is pushed to
+      the teacher's zero).
     igam_start_step: student steps of cross-entropy only before IGAM starts.
-    weight_decay: the L2 weight decay of the student's kernels.
+    weight_decay, disc_weight_decay: L2 weight decay of the student's and the
+      discriminator's kernels (the authors: 2e-4 for both).
   """
 
   def __init__(self, student, teacher, discriminator, *, gradient_window=None,
                gradient_of='xent', adv_weight=1.0, diff_weight=10.0, disc_every=1,
-               igam_start_step=0, weight_decay=0.0, **kwargs):
+               disc_update='accumulate', diff_window='crop', igam_start_step=0,
+               weight_decay=0.0, disc_weight_decay=0.0, **kwargs):
     super().__init__(**kwargs)
+    if disc_update not in DISC_UPDATES:
+      raise ValueError(f'--disc_update must be one of {", ".join(DISC_UPDATES)}, got {disc_update!r}')
+    if diff_window not in DIFF_WINDOWS:
+      raise ValueError(f'--diff_window must be one of {", ".join(DIFF_WINDOWS)}, got {diff_window!r}')
     self.student, self.teacher, self.discriminator = student, teacher, discriminator
-    self.teacher.trainable = False  # also puts its BN in inference mode
+    self.teacher.trainable = False
     self.gradient_window = gradient_window
     self.gradient_of = gradient_of
     self.adv_weight, self.diff_weight = adv_weight, diff_weight
-    self.disc_every, self.igam_start_step = disc_every, igam_start_step
-    self.weight_decay = weight_decay
+    self.disc_every, self.disc_update = disc_every, disc_update
+    self.diff_window, self.igam_start_step = diff_window, igam_start_step
+    self.weight_decay, self.disc_weight_decay = weight_decay, disc_weight_decay
     self.trackers = {name: keras.metrics.Mean(name=name) for name in (
         'loss', 'xent', 'adv_loss', 'diff_loss', 'disc_accuracy')}
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name='accuracy')
 
   def compile(self, student_optimizer, discriminator_optimizer, **kwargs):
-    """`discriminator_optimizer` gets gradient_accumulation_steps=disc_every: it
-    applies the mean of that many steps' gradients once (the authors use the last
-    batch's only)."""
     super().compile(optimizer=student_optimizer, **kwargs)
     if self.disc_every > 1:
       if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        # Keras's accumulation puts apply_gradients in a tf.cond, which cannot cross
-        # the replicas' synchronization point.
+        # Both schedules put apply_gradients in a tf.cond, which cannot cross the
+        # replicas' synchronization point.
         raise ValueError(f'disc_every={self.disc_every} needs a single replica; with '
                          f'several, use disc_every=1 (and a smaller discriminator '
                          f'learning rate for a slower discriminator).')
-      discriminator_optimizer.gradient_accumulation_steps = self.disc_every
+      if self.disc_update == 'accumulate':
+        discriminator_optimizer.gradient_accumulation_steps = self.disc_every
     self.discriminator_optimizer = discriminator_optimizer
 
   def build(self, input_shape):
@@ -89,7 +124,7 @@ class IGAM(keras.Model):
 
   def teacher_gradients(self, images, labels):
     """J_t: the frozen teacher's input gradient (through its input transform)."""
-    gradients, _ = input_gradients(lambda x: self.teacher(x, training=False),
+    gradients, _ = input_gradients(lambda x: self.teacher(x, training=True),
                                    images, labels, self.gradient_of)
     return gradients / PIXEL_SCALE
 
@@ -97,45 +132,60 @@ class IGAM(keras.Model):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
-    igam_on = self.optimizer.iterations >= self.igam_start_step
+    step = self.optimizer.iterations
+    igam_on = step >= self.igam_start_step
 
-    j_t = self.crop(self.teacher_gradients(images, labels))
+    # Teacher: its input gradients J_t (frozen, no tape on its weights).
+    j_t = self.teacher_gradients(images, labels)
+
     with tf.GradientTape(persistent=True) as tape:
-      # The inner tape in input_gradients keeps J_s differentiable w.r.t. the
-      # student's weights: double backpropagation.
+      # Student: its input gradients J_s, differentiable w.r.t. its weights (the inner
+      # tape in input_gradients: double backpropagation).
       j_s, logits = input_gradients(lambda x: self.student(x, training=True),
                                     images, labels, self.gradient_of)
-      j_s = self.crop(j_s / PIXEL_SCALE)
-      disc_logits = self.discriminator(normalize_per_example(tf.concat([j_s, j_t], 0)),
-                                       training=True)
+      j_s = j_s / PIXEL_SCALE
+      # Discriminator: tells J_s (label 0) from J_t (label 1), each map normalized.
+      disc_logits = self.discriminator(
+          normalize_per_example(tf.concat([self.crop(j_s), self.crop(j_t)], 0)), training=True)
       disc_labels = tf.concat([tf.zeros_like(labels), tf.ones_like(labels)], 0)
-      # Losses are scaled by the global batch: replicas' gradients are summed.
-      disc_xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
-          disc_labels, disc_logits, from_logits=True)) / (2.0 * global_batch)
-      xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
-          labels, logits, from_logits=True)) / global_batch
-      l_diff = tf.reduce_sum(tf.square(j_s - j_t))  # summed over the batch, as the authors
-      l_adv = -disc_xent  # the student maximizes the discriminator's cross-entropy
-      igam_loss = self.adv_weight * l_adv + self.diff_weight * l_diff
-      loss = (xent + self.weight_decay * weight_decay_loss(self.student) / replicas
+      if self.diff_window == 'crop':
+        j_s, j_t = self.crop(j_s), self.crop(j_t)
+      losses = igam_losses(labels, logits, j_s, j_t, disc_labels, disc_logits, global_batch)
+      # The student's loss: xent + wd * L2 + adv * L_adv + diff * L_diff (IGAM terms from
+      # igam_start_step on); the discriminator's: its cross-entropy + its L2.
+      igam_loss = self.adv_weight * losses['adv'] + self.diff_weight * losses['diff']
+      loss = (losses['xent'] + self.weight_decay * weight_decay_loss(self.student) / replicas
               + tf.where(igam_on, igam_loss, 0.0))
+      disc_loss = (losses['disc_xent']
+                   + self.disc_weight_decay * weight_decay_loss(self.discriminator) / replicas)
 
+    # Update the student.
     student_vars = self.student.trainable_variables
     self.optimizer.apply_gradients(zip(tape.gradient(loss, student_vars), student_vars))
+    # Update the discriminator: zero gradients until IGAM starts (no move: the optimizer's
+    # moments are still zero), then every step or every disc_every-th.
     disc_vars = self.discriminator.trainable_variables
-    # Zero until IGAM starts (no update: the optimizer's moments are still zero).
-    disc_gradients = [g * tf.cast(igam_on, g.dtype) for g in tape.gradient(disc_xent, disc_vars)]
+    disc_gradients = [g * tf.cast(igam_on, g.dtype) for g in tape.gradient(disc_loss, disc_vars)]
     del tape
-    self.discriminator_optimizer.apply_gradients(zip(disc_gradients, disc_vars))
+    if self.disc_every > 1 and self.disc_update == 'current_batch':
+      take_step = igam_on & ((step - self.igam_start_step) % self.disc_every == 0)
+      tf.cond(take_step, lambda: self._apply_discriminator(disc_gradients, disc_vars),
+              lambda: None)
+    else:
+      self._apply_discriminator(disc_gradients, disc_vars)
 
     local_batch = tf.cast(tf.shape(images)[0], tf.float32)
     disc_correct = tf.cast(tf.argmax(disc_logits, -1) == tf.cast(disc_labels, tf.int64), tf.float32)
-    for name, value in (('loss', loss * replicas), ('xent', xent * replicas),
-                        ('adv_loss', l_adv * replicas), ('diff_loss', l_diff / local_batch),
+    for name, value in (('loss', loss * replicas), ('xent', losses['xent'] * replicas),
+                        ('adv_loss', losses['adv'] * replicas),
+                        ('diff_loss', losses['diff'] / local_batch),
                         ('disc_accuracy', tf.reduce_mean(disc_correct))):
       self.trackers[name].update_state(value)
     self.accuracy.update_state(labels, logits)
     return {m.name: m.result() for m in self.metrics}
+
+  def _apply_discriminator(self, gradients, variables):
+    self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
 
   def test_step(self, data):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -40,7 +40,8 @@ def input_gradients(model_fn, images, labels, gradient_of='xent'):
 
 def normalize_per_example(gradients):
   """Mean-centres each example's gradient map and scales it to unit L2 norm, so the
-  discriminator judges the pattern, not the size (as the authors' code does)."""
+  discriminator judges the pattern, not the size (as the authors' code does, with
+  TF's default epsilon: a map of norm below 1e-6 is divided by 1e-6)."""
   axes = list(range(1, gradients.shape.rank))
   centred = gradients - tf.reduce_mean(gradients, axis=axes, keepdims=True)
-  return tf.math.l2_normalize(centred, axis=axes, epsilon=1e-24)
+  return tf.math.l2_normalize(centred, axis=axes, epsilon=1e-12)

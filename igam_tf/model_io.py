@@ -25,7 +25,7 @@ class ModelError(ValueError):
 
 
 def classifier_spec(architecture, num_classes=None, image_shape=None, activation=None,
-                    filters=None, units_per_stage=5):
+                    filters=None, units_per_stage=5, input_normalization=None):
   """num_classes and image_shape may be left None for a training job to fill in from
   its dataset."""
   return {'kind': 'classifier', 'architecture': architecture,
@@ -33,12 +33,14 @@ def classifier_spec(architecture, num_classes=None, image_shape=None, activation
           'image_shape': [int(d) for d in image_shape] if image_shape else None,
           'activation': activation,
           'filters': [int(f) for f in filters] if filters else None,
-          'units_per_stage': int(units_per_stage)}
+          'units_per_stage': int(units_per_stage),
+          'input_normalization': input_normalization}
 
 
-def teacher_spec(source_spec, num_classes, transform, image_shape):
+def teacher_spec(source_spec, num_classes, transform, image_shape, batch_norm='moving'):
   return {'kind': 'teacher', 'source': source_spec, 'num_classes': int(num_classes),
-          'transform': transform or '', 'image_shape': [int(d) for d in image_shape]}
+          'transform': transform or '', 'image_shape': [int(d) for d in image_shape],
+          'batch_norm': batch_norm}
 
 
 def build_model(spec):
@@ -46,9 +48,11 @@ def build_model(spec):
   if spec['kind'] == 'classifier':
     return build_classifier(spec['architecture'], spec['num_classes'], spec['image_shape'],
                             activation=spec['activation'], filters=spec['filters'],
-                            units_per_stage=spec['units_per_stage'])
+                            units_per_stage=spec['units_per_stage'],
+                            input_normalization=spec.get('input_normalization'))
   if spec['kind'] == 'teacher':
-    teacher = Teacher(build_model(spec['source']), spec['num_classes'], spec['transform'])
+    teacher = Teacher(build_model(spec['source']), spec['num_classes'], spec['transform'],
+                      batch_norm=spec.get('batch_norm', 'moving'))
     teacher(keras.ops.zeros([1] + spec['image_shape']))
     return teacher
   raise ModelError(f'Unknown model kind {spec["kind"]!r} in a model spec')
@@ -105,11 +109,12 @@ def load_source(source, num_classes=None, filters=None, units_per_stage=None):
                    f'nor a trained model folder')
 
 
-def load_teacher(source, image_shape, transform=''):
+def load_teacher(source, image_shape, transform='', batch_norm='moving'):
   """A finetuned teacher, as (Teacher, teacher spec), from either a folder written by
   finetune_teacher (which holds its transform) or a MadryLab-layout checkpoint whose
   logits were finetuned elsewhere, e.g. the IGAM authors' `target_task_logit` head
-  (`madry_mnist:PATH` / `madry_cifar10:PATH`, with `transform` given here)."""
+  (`madry_mnist:PATH` / `madry_cifar10:PATH`, with `transform` and the BN mode it was
+  finetuned with, `batch_norm`, given here)."""
   kind = source.partition(':')[0]
   if kind not in ('madry_mnist', 'madry_cifar10'):
     if transform:
@@ -121,7 +126,8 @@ def load_teacher(source, image_shape, transform=''):
                        f'igam_tf.finetune_teacher first')
     return teacher, spec
   classifier, classifier_spec_ = load_source(source)
-  teacher = Teacher(classifier, classifier.num_classes, transform)
+  teacher = Teacher(classifier, classifier.num_classes, transform, batch_norm=batch_norm)
   teacher(keras.ops.zeros((1,) + tuple(image_shape)))
   teacher.head.set_weights(classifier.logits.get_weights())  # the finetuned head
-  return teacher, teacher_spec(classifier_spec_, classifier.num_classes, transform, image_shape)
+  return teacher, teacher_spec(classifier_spec_, classifier.num_classes, transform, image_shape,
+                               batch_norm=batch_norm)

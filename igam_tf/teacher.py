@@ -3,22 +3,30 @@ target task behind an input transform (Section 4.3)."""
 
 import keras
 
+from igam_tf.architectures import has_batch_norm
 from igam_tf.transforms import TeacherTransform
 
 HEAD_NAME = 'target_task_logit'  # the IGAM authors' name for the finetuned head
+TEACHER_BN = ('moving', 'batch')
 
 
-def source_features(source, images):
-  """The source model's representation before its logit layer (inference mode)."""
+def source_features(source, images, batch_statistics=False):
+  """The source model's representation before its logit layer, its weights and BN
+  statistics untouched: BN normalizes with the moving averages, or with the batch's
+  statistics when `batch_statistics` (the IGAM authors' teacher)."""
   if hasattr(source, 'features'):  # the Madry models
-    return source.features(images, training=False)
+    return source.features(images, training=False, batch_statistics=batch_statistics)
   if isinstance(source, keras.Sequential):  # simple_cnn, or any Sequential classifier
+    if batch_statistics and has_batch_norm(source):
+      raise ValueError(f'--teacher_bn=batch needs a Madry source model: {source.name} has '
+                       f'BN layers and no batch-statistics mode')
     x = images
     for layer in source.layers[:-1]:
       x = layer(x, training=False)
     return x
   raise ValueError(f'Cannot find the features of {type(source).__name__}: give it a '
-                   f'`features(images, training)` method or make it a keras.Sequential')
+                   f'`features(images, training, batch_statistics)` method or make it a '
+                   f'keras.Sequential')
 
 
 class Teacher(keras.Model):
@@ -26,16 +34,24 @@ class Teacher(keras.Model):
 
   Finetuning (`finetune_teacher`) trains only the head and, if it has weights,
   the transform (the transposed convolution); IGAM then freezes all of it.
+  `training=True` makes a random transform random (random_pad), never the source's
+  BN: that is `batch_norm`, 'moving' (inference mode, our default) or 'batch' (the
+  IGAM authors', who run their frozen teacher's BN in training mode).
   """
 
-  def __init__(self, source, num_classes, transform='', name='teacher', **kwargs):
+  def __init__(self, source, num_classes, transform='', batch_norm='moving', name='teacher',
+               **kwargs):
     super().__init__(name=name, **kwargs)
+    if batch_norm not in TEACHER_BN:
+      raise ValueError(f'--teacher_bn must be one of {", ".join(TEACHER_BN)}, got {batch_norm!r}')
     self.source = source
-    self.source.trainable = False  # frozen weights; BN uses its moving statistics
+    self.source.trainable = False  # frozen weights
     self.transform = transform if isinstance(transform, TeacherTransform) \
         else TeacherTransform(transform)
     self.head = keras.layers.Dense(num_classes, name=HEAD_NAME)
-    self.num_classes = num_classes
+    self.num_classes, self.batch_norm = num_classes, batch_norm
 
   def call(self, images, training=False):
-    return self.head(source_features(self.source, self.transform(images, training=training)))
+    features = source_features(self.source, self.transform(images, training=training),
+                               batch_statistics=training and self.batch_norm == 'batch')
+    return self.head(features)

@@ -9,6 +9,7 @@ input-gradient norm penalty (IGAM's L_diff with a zero teacher).
 from absl import app
 from absl import flags
 
+from igam_tf import baselines
 from igam_tf import experiments
 from igam_tf import flag_groups
 from igam_tf import input_gradients
@@ -19,11 +20,18 @@ def define_flags():
   flags.DEFINE_float('epsilon', 8 / 255, 'pgd_at: L-inf radius on the [0, 1] scale.')
   flags.DEFINE_integer('pgd_steps', 7, 'pgd_at: PGD steps.')
   flags.DEFINE_float('pgd_step_size', 2 / 255, 'pgd_at: PGD step size.')
+  flags.DEFINE_enum('pgd_bn', 'moving', baselines.PGD_BN, 'pgd_at: BN while the training '
+                    'attacks are crafted: moving (inference mode) or batch (the batch\'s '
+                    'statistics, as Madry\'s code).')
   flags.DEFINE_float('penalty_weight', 10.0, 'grad_norm: weight of ||J||^2 (as --diff_weight '
                      'of train_igam).')
   flags.DEFINE_enum('gradient_of', 'xent', input_gradients.GRADIENT_OF, 'grad_norm: J of what.')
+  flags.DEFINE_integer('penalty_start_step', 0, 'grad_norm: cross-entropy-only steps before '
+                       'the penalty starts (IGAM\'s --igam_start_step, for a control on '
+                       'IGAM\'s schedule).', lower_bound=0)
   flags.DEFINE_string('source', None, 'finetune: the source model (see finetune_teacher).')
   flags.DEFINE_string('transform', '', 'finetune: the input transform.')
+  flag_groups.define_teacher_bn_flag()
   flag_groups.define_student_flags()
   flag_groups.define_optimizer_flags()
   flag_groups.define_data_flags()
@@ -41,11 +49,13 @@ def main(argv):
     # Finetuning uses Adam at 1e-3 (Section 4.1) unless --learning_rate is given.
     learning_rate = f.learning_rate if f['learning_rate'].present else 1e-3
     experiments.finetune_teacher(f.source, f.transform, flag_groups.data_settings(f),
-                                 flag_groups.run_settings(f), learning_rate=learning_rate)
+                                 flag_groups.run_settings(f), learning_rate=learning_rate,
+                                 teacher_bn=f.teacher_bn)
   else:
     baseline = experiments.BaselineSettings(
         epsilon=f.epsilon, pgd_steps=f.pgd_steps, pgd_step_size=f.pgd_step_size,
-        penalty_weight=f.penalty_weight, gradient_of=f.gradient_of)
+        pgd_bn=f.pgd_bn, penalty_weight=f.penalty_weight, gradient_of=f.gradient_of,
+        penalty_start_step=f.penalty_start_step)
     experiments.train_baseline(f.method, flag_groups.student_spec(f),
                                flag_groups.data_settings(f), flag_groups.optimizer_settings(f),
                                baseline, flag_groups.run_settings(f))

@@ -13,6 +13,7 @@ from absl import flags
 
 from igam_tf import experiments
 from igam_tf import flag_groups
+from igam_tf import igam
 from igam_tf import input_gradients
 
 
@@ -31,7 +32,14 @@ def define_flags():
                      'on the 0..255 scale summed over the batch, as the authors\'.')
   flags.DEFINE_integer('disc_every', 1, 'One discriminator step per this many student steps.',
                        lower_bound=1)
+  flags.DEFINE_enum('disc_update', 'accumulate', igam.DISC_UPDATES, 'With --disc_every > 1: '
+                    'accumulate (the mean of those steps\' gradients, applied once) or '
+                    'current_batch (the authors\': one step on that step\'s batch).')
+  flags.DEFINE_enum('diff_window', 'crop', igam.DIFF_WINDOWS, 'With a center_crop teacher '
+                    'transform: L_diff on the cropped maps, as the discriminator (crop), or on '
+                    'the whole maps (full).')
   flags.DEFINE_integer('igam_start_step', 0, 'Cross-entropy-only steps before IGAM starts.')
+  flag_groups.define_teacher_bn_flag()
   flags.DEFINE_integer('disc_blocks', 4, 'Discriminator conv blocks.', lower_bound=1)
   flags.DEFINE_integer('disc_filters', 8, 'Filters of the first block (doubling each block).')
   flag_groups.define_student_flags()
@@ -46,13 +54,14 @@ def define_flags():
 def main(argv):
   del argv
   f = flags.FLAGS
-  igam = experiments.IGAMSettings(
+  settings = experiments.IGAMSettings(
       gradient_of=f.gradient_of, adv_weight=f.adv_weight, diff_weight=f.diff_weight,
-      disc_every=f.disc_every, igam_start_step=f.igam_start_step, disc_blocks=f.disc_blocks,
+      disc_every=f.disc_every, disc_update=f.disc_update, diff_window=f.diff_window,
+      igam_start_step=f.igam_start_step, teacher_bn=f.teacher_bn, disc_blocks=f.disc_blocks,
       disc_filters=f.disc_filters, disc_optimizer=flag_groups.optimizer_settings(f, 'disc_'))
   experiments.train_igam(flag_groups.student_spec(f), f.teacher, flag_groups.data_settings(f),
-                         flag_groups.optimizer_settings(f), igam, flag_groups.run_settings(f),
-                         teacher_transform=f.teacher_transform)
+                         flag_groups.optimizer_settings(f), settings,
+                         flag_groups.run_settings(f), teacher_transform=f.teacher_transform)
   print(f'IGAM student saved to {f.model_dir}')
 
 

@@ -73,22 +73,36 @@ class CenterPad(keras.layers.Layer):
 
 
 class RandomPad(keras.layers.Layer):
-  """Zero padding to `size` x `size` at a random place (one offset per batch) when
-  training, in the centre otherwise."""
+  """Zero padding to `size` x `size`: when training, each example at a place of its
+  own, drawn afresh at every call; in the centre otherwise."""
 
-  def __init__(self, size, seed=None, **kwargs):
+  def __init__(self, size, seed=0, **kwargs):
     super().__init__(**kwargs)
-    self.size = size
-    self.seed_generator = keras.random.SeedGenerator(seed)
+    self.size, self.seed = size, seed
+
+  def build(self, input_shape):
+    # Counts the training calls that drew offsets. A weight, so checkpoints keep it and
+    # a resumed run draws the pads an uninterrupted one would.
+    self.draws = self.add_weight(shape=(), dtype='int64', initializer='zeros',
+                                 trainable=False, aggregation='only_first_replica',
+                                 name='draws')
 
   def call(self, x, training=False):
-    spare_h, spare_w = self.size - x.shape[1], self.size - x.shape[2]
-    if training:
-      top = keras.random.randint((), 0, spare_h + 1, seed=self.seed_generator)
-      left = keras.random.randint((), 0, spare_w + 1, seed=self.seed_generator)
-    else:
-      top, left = spare_h // 2, spare_w // 2
-    return tf.image.pad_to_bounding_box(x, top, left, self.size, self.size)
+    height, width = x.shape[1], x.shape[2]
+    if not training:
+      return tf.image.pad_to_bounding_box(x, (self.size - height) // 2,
+                                          (self.size - width) // 2, self.size, self.size)
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.draws, tf.int64)]), 2)
+    self.draws.assign_add(1)
+    batch = tf.shape(x)[0]
+    top = tf.random.stateless_uniform([batch], seeds[0], 0, self.size - height + 1, tf.int32)
+    left = tf.random.stateless_uniform([batch], seeds[1], 0, self.size - width + 1, tf.int32)
+    # One-hot placement matrices: out[b, top_b + i, left_b + j] = x[b, i, j] (linear in x,
+    # so the teacher's gradient flows back through it).
+    rows = tf.one_hot(top[:, None] + tf.range(height)[None, :], self.size, dtype=x.dtype)
+    cols = tf.one_hot(left[:, None] + tf.range(width)[None, :], self.size, dtype=x.dtype)
+    return tf.einsum('bhs,bhwc,bwt->bstc', rows, x, cols)
 
 
 class TransposeConv(keras.layers.Layer):

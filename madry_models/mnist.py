@@ -24,13 +24,14 @@ class MadryMNIST(keras.Model):
     self.fc1 = keras.layers.Dense(1024, activation=activation, name='fc1')
     self.logits = keras.layers.Dense(num_classes, name='logits')
 
-  def features(self, images, training=False):
-    """The 1024-d representation before the logit layer."""
+  def features(self, images, training=False, batch_statistics=False):
+    """The 1024-d representation before the logit layer (no BN: `training` and
+    `batch_statistics` change nothing)."""
     x = self.pool1(self.conv1(images))
     x = self.pool2(self.conv2(x))
     return self.fc1(self.flatten(x))
 
-  def call(self, images, training=False):
+  def call(self, images, training=False, batch_statistics=False):
     return self.logits(self.features(images, training=training))
 
   def tf1_variables(self, head_scope=None):

@@ -13,9 +13,46 @@ LEAKINESS = 0.1
 STAGE_STRIDES = (1, 2, 2)
 
 
-def _batch_norm(name):
-  # tf.contrib.layers.batch_norm(decay=0.9, epsilon=0.001, center, scale).
-  return keras.layers.BatchNormalization(momentum=0.9, epsilon=0.001, name=name)
+INPUT_NORMALIZATIONS = ('standardize', 'mean_l2')
+
+
+class BatchNorm(keras.layers.BatchNormalization):
+  """tf.contrib.layers.batch_norm(decay=0.9, epsilon=0.001, center, scale).
+
+  `batch_statistics=True` normalizes with the batch's own statistics without
+  updating the moving averages: a frozen model run as the IGAM authors run their
+  teacher (BN in training mode) or as Madry's code crafts its training attacks.
+  """
+
+  def __init__(self, name=None, **kwargs):
+    kwargs.setdefault('momentum', 0.9)
+    kwargs.setdefault('epsilon', 0.001)
+    super().__init__(name=name, **kwargs)
+
+  def call(self, inputs, training=None, batch_statistics=False):
+    if not batch_statistics:
+      return super().call(inputs, training=training)
+    mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])
+    return tf.nn.batch_normalization(inputs, mean, variance, self.beta, self.gamma,
+                                     self.epsilon)
+
+
+def normalize_images(images, input_normalization='standardize'):
+  """Images in [0, 1] -> the network's input, on the original 0..255 scale.
+
+  'standardize': Madry's `per_image_standardization`. 'mean_l2': the IGAM authors'
+  student, which subtracts each image's mean and scales it to unit L2 norm (the same
+  direction, smaller by sqrt(H*W*C), which changes the first conv's effective
+  learning rate and weight decay).
+  """
+  x = images * 255.0
+  if input_normalization == 'standardize':
+    return tf.image.per_image_standardization(x)
+  if input_normalization == 'mean_l2':
+    x -= tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    return tf.math.l2_normalize(x, axis=[1, 2, 3])  # TF's epsilon 1e-12, as the authors'
+  raise ValueError(f'input_normalization must be one of {", ".join(INPUT_NORMALIZATIONS)}, '
+                   f'got {input_normalization!r}')
 
 
 def make_activation(activation):
@@ -42,21 +79,22 @@ class ResidualUnit(keras.layers.Layer):
     # The first unit's shortcut takes the activated input ('shared_activation');
     # every other unit's takes the raw input ('residual_only_activation').
     self.first_scope = 'shared_activation' if activate_before_residual else 'residual_only_activation'
-    self.bn1 = _batch_norm('bn1')
+    self.bn1 = BatchNorm('bn1')
     self.conv1 = _conv(out_filters, stride, 'conv1')
-    self.bn2 = _batch_norm('bn2')
+    self.bn2 = BatchNorm('bn2')
     self.conv2 = _conv(out_filters, 1, 'conv2')
     self.act = make_activation(activation)
 
-  def call(self, x, training=False):
+  def call(self, x, training=False, batch_statistics=False):
+    bn = dict(training=training, batch_statistics=batch_statistics)
     if self.activate_before_residual:
-      x = self.act(self.bn1(x, training=training))
+      x = self.act(self.bn1(x, **bn))
       shortcut = x
     else:
       shortcut = x
-      x = self.act(self.bn1(x, training=training))
+      x = self.act(self.bn1(x, **bn))
     x = self.conv1(x)
-    x = self.conv2(self.act(self.bn2(x, training=training)))
+    x = self.conv2(self.act(self.bn2(x, **bn)))
     if self.in_filters != self.out_filters or self.stride > 1:
       # Average-pool then zero-pad the channels evenly on both sides (the original
       # does this only when channels change; it cannot run otherwise with stride 2).
@@ -84,14 +122,17 @@ class MadryResNet(keras.Model):
 
   Takes images [batch, H, W, C] in [0, 1]. Like the original it works on the
   0..255 scale and standardizes each image, so original checkpoints give the
-  original logits. `training=False` (the default) uses BN moving statistics.
+  original logits (`input_normalization='mean_l2'` is the IGAM authors' student
+  instead, see `normalize_images`). `training=False` (the default) uses BN moving
+  statistics; `batch_statistics=True` the batch's, without training (see `BatchNorm`).
   `activation` replaces the leaky ReLU (see `make_activation`).
   """
 
   input_image_shape = (32, 32, 3)
 
   def __init__(self, filters=WRN_32_10_FILTERS, units_per_stage=5, num_classes=10,
-               activation='leaky_relu', name='madry_resnet', **kwargs):
+               activation='leaky_relu', input_normalization='standardize',
+               name='madry_resnet', **kwargs):
     super().__init__(name=name, **kwargs)
     filters = tuple(int(f) for f in filters)
     if len(filters) != 4:
@@ -100,10 +141,13 @@ class MadryResNet(keras.Model):
       if b < a or (b - a) % 2:
         raise ValueError(f'filters must not shrink and must grow by an even number of '
                          f'channels (the shortcut pads evenly), got {filters}')
+    if input_normalization not in INPUT_NORMALIZATIONS:
+      raise ValueError(f'input_normalization must be one of {", ".join(INPUT_NORMALIZATIONS)}, '
+                       f'got {input_normalization!r}')
     if units_per_stage < 1:
       raise ValueError(f'units_per_stage must be at least 1, got {units_per_stage}')
     self.filters, self.units_per_stage, self.num_classes = filters, units_per_stage, num_classes
-    self.activation = activation
+    self.activation, self.input_normalization = activation, input_normalization
     self.init_conv = _conv(filters[0], 1, 'init_conv')
     self.units = []
     for stage in range(3):
@@ -115,21 +159,21 @@ class MadryResNet(keras.Model):
             stride=STAGE_STRIDES[stage] if first else 1,
             activate_before_residual=first and stage == 0,
             activation=activation, name=f'unit_{stage + 1}_{i}'))
-    self.final_bn = _batch_norm('final_bn')
+    self.final_bn = BatchNorm('final_bn')
     self.act = make_activation(activation)
     self.logits = keras.layers.Dense(num_classes, name='logit')
 
-  def features(self, images, training=False):
+  def features(self, images, training=False, batch_statistics=False):
     """The globally pooled representation before the logit layer."""
-    x = tf.image.per_image_standardization(images * 255.0)
-    x = self.init_conv(x)
+    x = self.init_conv(normalize_images(images, self.input_normalization))
     for unit in self.units:
-      x = unit(x, training=training)
-    x = self.act(self.final_bn(x, training=training))
+      x = unit(x, training=training, batch_statistics=batch_statistics)
+    x = self.act(self.final_bn(x, training=training, batch_statistics=batch_statistics))
     return tf.reduce_mean(x, axis=[1, 2])
 
-  def call(self, images, training=False):
-    return self.logits(self.features(images, training=training))
+  def call(self, images, training=False, batch_statistics=False):
+    return self.logits(self.features(images, training=training,
+                                     batch_statistics=batch_statistics))
 
   def tf1_variables(self, head_scope='logit'):
     """Maps the original checkpoint's variable names to this model's weights.
@@ -151,4 +195,5 @@ class MadryResNet(keras.Model):
 
   def get_config(self):
     return {'filters': self.filters, 'units_per_stage': self.units_per_stage,
-            'num_classes': self.num_classes, 'activation': self.activation, 'name': self.name}
+            'num_classes': self.num_classes, 'activation': self.activation,
+            'input_normalization': self.input_normalization, 'name': self.name}
