@@ -5,7 +5,7 @@
 scikit-learn's digits (bundled, so no download) are split into a source task
 (--source_classes) and a target task (--target_classes). The demo
 1. adversarially trains a robust teacher (the Madry MNIST CNN) on the source task,
-   and a standard one the same way without attacks;
+   and a standard one the same way (as many steps) without attacks;
 2. finetunes each one's logits on the target task (Section 4.1);
 3. trains students of another architecture (the Madry ResNet, smooth activation) on
    natural target images: with IGAM from the robust teacher; and, as the paper's
@@ -15,9 +15,13 @@ scikit-learn's digits (bundled, so no download) are split into a source task
    checks on each (with a transfer attack from the standard student), writes
    OUTPUT_DIR/results.{md,json} and OUTPUT_DIR/input_gradients.png (the paper's
    Figure 4 for these models), and exports each to OUTPUT_DIR/<name>/saved_model.
-A rerun resumes any unfinished job and skips finished ones.
+A rerun resumes any unfinished job and skips finished ones. With --seeds=0,1,2 the
+whole demo runs once per seed (OUTPUT_DIR/seed_<N>) and OUTPUT_DIR/results_over_seeds.md
+gives each model's mean and range: how far a run moves with its seed.
 """
 
+import json
+import os
 import time
 
 from absl import app
@@ -60,18 +64,22 @@ def define_flags():
   flags.DEFINE_integer('masking_examples', 150, 'Test examples the gradient-masking checks '
                        'attack (0: skip the checks).')
   flags.DEFINE_integer('seed', 0, 'Seeds every job and attack.')
+  flags.DEFINE_list('seeds', [], 'Run the whole demo once per seed, in OUTPUT_DIR/seed_<N>, '
+                    'and write OUTPUT_DIR/results_over_seeds.{md,json}: each model\'s mean '
+                    'and range over them. Unset: one run, with --seed, in OUTPUT_DIR.')
   flags.mark_flag_as_required('output_dir')
 
 
-def run_demo(f):
+def run_demo(f, seed, root):
+  """One whole demo with `seed`, in the folder `root`; returns its Markdown report."""
   start, timings = time.time(), {}
-  root = f.output_dir.rstrip('/')
+  root = root.rstrip('/')
   eps = f.epsilon
   adam = experiments.OptimizerSettings('adam', 1e-3, weight_decay=0.0)
 
   def task(classes):
     return experiments.DataSettings('digits', classes=tuple(int(c) for c in classes),
-                                    batch_size=f.batch_size, validation_split='', seed=f.seed)
+                                    batch_size=f.batch_size, validation_split='', seed=seed)
 
   def run(name, steps, job):
     began = time.time()
@@ -92,7 +100,8 @@ def run_demo(f):
 
   run('robust_source', f.teacher_steps, lambda r: experiments.train_baseline(
       'pgd_at', teacher_spec, source, adam, pgd(10), r))
-  run('standard_source', f.finetune_steps, lambda r: experiments.train_baseline(
+  # As many steps as the robust source, so the two controls differ only in robustness.
+  run('standard_source', f.teacher_steps, lambda r: experiments.train_baseline(
       'standard', teacher_spec, source, adam, experiments.BaselineSettings(), r))
   run('teacher', f.finetune_steps, lambda r: experiments.finetune_teacher(
       f'{root}/robust_source', '', target, r))
@@ -117,13 +126,13 @@ def run_demo(f):
                               overwrite=True)
   test = data.load_dataset('digits', 'test', classes=tuple(int(c) for c in f.target_classes))
   attacked = time.time()
-  evaluated = evaluation.evaluate_models(models, test, f.attacks, eps, seed=f.seed)
+  evaluated = evaluation.evaluate_models(models, test, f.attacks, eps, seed=seed)
   timings['attacks'] = round(time.time() - attacked, 1)
   warnings, checks_began = [], time.time()
   if f.masking_examples:
     for name, model in models.items():
       report = masking_checks.run_checks(
-          model, test, eps, num_examples=f.masking_examples, seed=f.seed,
+          model, test, eps, num_examples=f.masking_examples, seed=seed,
           transfer_source=None if name == 'standard' else models['standard'],
           transfer_name='the standard student')
       warnings += [f'{name}: {warning}' for warning in report.warnings]
@@ -138,7 +147,7 @@ def run_demo(f):
               'pgd_step_size': eps / 4, 'test_examples': test.num_examples,
               'teacher_steps': f.teacher_steps, 'finetune_steps': f.finetune_steps,
               'student_steps': f.student_steps, 'adv_weight': f.adv_weight,
-              'diff_weight': f.diff_weight, 'seed': f.seed,
+              'diff_weight': f.diff_weight, 'seed': seed,
               'student': (f'{f.student_architecture} {",".join(f.student_filters)} '
                           f'({f.student_units_per_stage} unit/stage) {f.student_activation}'),
               'teacher': 'madry_mnist (ReLU), PGD-10 trained on the source task',
@@ -167,10 +176,59 @@ DEMO_NOTES = (
 )
 
 
+def summarize_seeds(reports):
+  """{seed: a demo's results.json} -> {model: {attack: {'mean', 'min', 'max'}}}, for the
+  models and attacks every seed's report has."""
+  tables = [{name: row for name, row in report.items()
+             if name not in ('settings', 'warnings', 'autoattack_runs')}
+            for report in reports.values()]
+  summary = {}
+  for name in tables[0]:
+    if all(name in table for table in tables):
+      attacks = [a for a in tables[0][name] if all(a in table[name] for table in tables)]
+      summary[name] = {a: {'mean': round(sum(t[name][a] for t in tables) / len(tables), 2),
+                           'min': min(t[name][a] for t in tables),
+                           'max': max(t[name][a] for t in tables)} for a in attacks}
+  return summary
+
+
+def seeds_markdown(summary, seeds):
+  attacks = evaluation.columns({name: dict.fromkeys(row) for name, row in summary.items()})
+  lines = [f'# IGAM demo on digits over seeds {", ".join(map(str, seeds))}: mean (min-max), %',
+           '', '| Model | ' + ' | '.join(evaluation.heading(a) for a in attacks) + ' |',
+           '|---|' + '---:|' * len(attacks)]
+  for name, row in summary.items():
+    lines.append(f'| {name} | ' + ' | '.join(
+        f'{row[a]["mean"]:.1f} ({row[a]["min"]:.1f}-{row[a]["max"]:.1f})' if a in row else ''
+        for a in attacks) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def run_seeds(f, seeds):
+  """The whole demo once per seed, then the summary over them; returns its Markdown."""
+  root = f.output_dir.rstrip('/')
+  reports = {}
+  for seed in seeds:
+    run_demo(f, seed, f'{root}/seed_{seed}')
+    with open(f'{root}/seed_{seed}/results.json') as results:
+      reports[seed] = json.load(results)
+  summary = summarize_seeds(reports)
+  markdown = seeds_markdown(summary, seeds)
+  with open(os.path.join(root, 'results_over_seeds.json'), 'w') as out:
+    json.dump({'seeds': seeds, 'summary': summary}, out, indent=2)
+  with open(os.path.join(root, 'results_over_seeds.md'), 'w') as out:
+    out.write(markdown)
+  return markdown
+
+
 @flag_groups.reports_errors
 def main(argv):
   del argv
-  print(run_demo(flags.FLAGS))
+  f = flags.FLAGS
+  if f.seeds:
+    print(run_seeds(f, [int(s) for s in f.seeds]))
+  else:
+    print(run_demo(f, f.seed, f.output_dir))
 
 
 if __name__ == '__main__':

@@ -132,7 +132,7 @@ class IGAM(keras.Model):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
-    step = self.optimizer.iterations
+    step = tf.identity(self.optimizer.iterations)  # this step's number, read before the update
     igam_on = step >= self.igam_start_step
 
     # Teacher: its input gradients J_t (frozen, no tape on its weights).

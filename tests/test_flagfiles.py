@@ -117,8 +117,8 @@ class FlagfileTest(tf.test.TestCase):
         argv.append('--student_filters=4,4,8,8')
       elif name == 'student_units_per_stage':
         argv.append('--student_units_per_stage=1')
-      elif name == 'igam_start_step':
-        argv.append('--igam_start_step=1')  # so the IGAM terms run within the 2 steps
+      elif name in ('igam_start_step', 'penalty_start_step'):
+        argv.append(f'--{name}=1')  # so the IGAM terms or the penalty run within the 2 steps
     return argv
 
   def test_every_flagfile_names_its_binary_and_sets_known_flags(self):

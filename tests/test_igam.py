@@ -12,6 +12,7 @@ import tensorflow as tf
 from igam_tf.architectures import build_classifier
 from igam_tf.discriminator import build_discriminator
 from igam_tf.igam import IGAM
+from igam_tf.igam import igam_losses
 from igam_tf.input_gradients import input_gradients
 from igam_tf.teacher import Teacher
 
@@ -122,6 +123,73 @@ class IGAMTest(tf.test.TestCase):
     history = model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
     for name in ('loss', 'xent', 'adv_loss', 'diff_loss', 'disc_accuracy', 'accuracy'):
       self.assertTrue(np.isfinite(history.history[name][-1]), name)
+
+  def test_random_pad_draws_a_pad_per_example_and_per_step(self):
+    model = make_igam(transform='channel_average,random_pad:20')
+    image, label = fixed_batch(size=1)
+    images, labels = tf.repeat(image, 8, axis=0), tf.repeat(label, 8, axis=0)
+    first = model.teacher_gradients(images, labels).numpy()
+    # The same image, eight places: the copies' teacher gradients differ.
+    self.assertGreater(len({first[i].tobytes() for i in range(8)}), 1)
+    # Training steps draw afresh, and count their draws in a checkpointed weight.
+    draws = [w for w in model.weights if w.path.endswith('draws')]
+    self.assertLen(draws, 1)
+    model.train_on_batch(images, labels)
+    model.train_on_batch(images, labels)
+    self.assertEqual(int(draws[0].numpy()), 3)
+    self.assertNotAllClose(first, model.teacher_gradients(images, labels))
+    # Outside training the teacher pads in the centre, every time.
+    self.assertAllEqual(model.teacher(images), model.teacher(images))
+
+  def test_discriminator_weight_decay_is_applied(self):
+    images, labels = fixed_batch()
+    updated = {}
+    for decay in (0.0, 0.5):
+      model = make_igam(disc_lr=0.1, diff_weight=1e5, disc_weight_decay=decay)
+      kernel = model.discriminator.get_layer('conv_0').kernel
+      before = kernel.numpy().copy()
+      model.train_on_batch(images, labels)
+      updated[decay] = kernel.numpy()
+    # SGD: the decay adds lr * decay * w (the gradient of decay * ||w||^2 / 2) to the step.
+    self.assertAllClose(updated[0.0] - updated[0.5], 0.1 * 0.5 * before, atol=1e-6)
+
+  def test_current_batch_discriminator_steps_on_its_own_batch(self):
+    images, labels = fixed_batch()
+    model = make_igam(disc_every=3, disc_update='current_batch', diff_weight=1e5)
+    kernel = model.discriminator.trainable_weights[0]
+    snapshots = [kernel.numpy().copy()]
+    for _ in range(6):
+      model.train_on_batch(images, labels)
+      snapshots.append(kernel.numpy().copy())
+    changed = [not np.array_equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
+    self.assertEqual(changed, [True, False, False, True, False, False])
+    # Its first step is the step an every-step discriminator takes on that batch.
+    every_step = make_igam(diff_weight=1e5)
+    every_step.train_on_batch(images, labels)
+    self.assertAllClose(snapshots[1], every_step.discriminator.trainable_weights[0])
+
+  def test_diff_window_full_also_matches_outside_the_crop(self):
+    images, labels = fixed_batch()
+    diff = {}
+    for window in ('crop', 'full'):
+      model = make_igam(transform='channel_average,center_crop:8', diff_weight=1.0,
+                        diff_window=window)
+      diff[window] = model.train_on_batch(images, labels, return_dict=True)['diff_loss']
+    # Outside the crop the teacher's gradient is zero and the student's is not.
+    self.assertGreater(diff['full'], diff['crop'] * 1.05)
+
+  def test_loss_arithmetic(self):
+    labels = tf.constant([0, 1])
+    logits = tf.constant([[2.0, 0.0], [0.0, 0.0]])
+    j_s, j_t = tf.constant([[1.0, 2.0], [0.0, 0.0]]), tf.constant([[0.0, 2.0], [3.0, 0.0]])
+    disc_labels = tf.constant([0, 0, 1, 1])
+    disc_logits = tf.constant([[0.0, 0.0]] * 4)
+    losses = igam_losses(labels, logits, j_s, j_t, disc_labels, disc_logits, global_batch=4.0)
+    xent = (np.log(1 + np.exp(-2.0)) + np.log(2.0)) / 4.0  # summed, over the global batch
+    self.assertAllClose(losses['xent'], xent)
+    self.assertAllClose(losses['disc_xent'], 4 * np.log(2.0) / 8.0)
+    self.assertAllClose(losses['adv'], -losses['disc_xent'])
+    self.assertAllClose(losses['diff'], 1.0 + 9.0)  # summed over batch and pixels
 
 
 _EQUIVALENCE_SCRIPT = textwrap.dedent('''
