@@ -141,6 +141,26 @@ class IGAMTest(tf.test.TestCase):
     # Outside training the teacher pads in the centre, every time.
     self.assertAllEqual(model.teacher(images), model.teacher(images))
 
+  def test_teacher_bn_batch_uses_the_batch_statistics_and_stays_frozen(self):
+    keras.utils.set_random_seed(0)
+    source = build_classifier('madry_resnet', 5, (12, 12, 3), filters=(4, 4, 8, 8),
+                              units_per_stage=1)
+    images, _ = fixed_batch()
+    for mode in ('moving', 'batch'):
+      teacher = Teacher(source, 3, batch_norm=mode)
+      teacher(images[:1])
+      before = values(teacher.variables)
+      training, inference = teacher(images, training=True), teacher(images, training=False)
+      for b, a in zip(before, values(teacher.variables)):
+        self.assertAllEqual(b, a)  # frozen either way: no moving average moves
+      if mode == 'moving':
+        self.assertAllClose(training, inference)
+      else:  # training: the batch's statistics; inference: the moving averages
+        self.assertAllClose(training, teacher.head(source.features(images, batch_statistics=True)))
+        self.assertNotAllClose(training, inference)
+    with self.assertRaisesRegex(ValueError, '--teacher_bn must be one of'):
+      Teacher(source, 3, batch_norm='train')
+
   def test_discriminator_weight_decay_is_applied(self):
     images, labels = fixed_batch()
     updated = {}

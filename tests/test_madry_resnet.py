@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 import madry_models
+from madry_models.resnet import normalize_images
 from madry_models import checkpoints
 from tests import tf1_reference
 
@@ -100,6 +101,42 @@ class MadryResNetInferenceTest(tf.test.TestCase):
     training = model(self.images, training=True)
     # The checkpoint's moving statistics differ from the batch's, so the modes differ.
     self.assertGreater(_relative_error(training, self.logits), 1e-2)
+
+  def test_batch_statistics_normalize_like_training_and_change_no_variable(self):
+    model = madry_models.MadryResNet(_SMALL, 2)
+    model(self.images[:1])
+    model.set_weights(self.model.get_weights())
+    before = [v.numpy().copy() for v in model.variables]
+    with_batch_statistics = model(self.images, batch_statistics=True)
+    for b, a in zip(before, model.variables):
+      self.assertAllEqual(b, a.numpy())  # moving averages untouched
+    self.assertAllClose(with_batch_statistics, model(self.images, training=True),
+                        rtol=1e-4, atol=1e-4)
+    # training=True did move them.
+    self.assertNotAllClose(before, [v.numpy() for v in model.variables])
+
+
+class InputNormalizationTest(tf.test.TestCase):
+
+  def test_authors_normalization_is_standardization_scaled_down(self):
+    images = tf.random.stateless_uniform((3, 8, 8, 3), seed=(1, 2))
+    mean_l2 = normalize_images(images, 'mean_l2')
+    self.assertAllClose(tf.reduce_mean(mean_l2, axis=[1, 2, 3]), tf.zeros(3), atol=1e-6)
+    self.assertAllClose(tf.norm(tf.reshape(mean_l2, (3, -1)), axis=1), tf.ones(3))
+    self.assertAllClose(mean_l2, normalize_images(images, 'standardize') / np.sqrt(8 * 8 * 3),
+                        atol=1e-6)
+
+  def test_models_differ_only_by_their_input_normalization(self):
+    images = tf.random.stateless_uniform((2, 8, 8, 3), seed=(3, 4))
+    standard = madry_models.MadryResNet(_SMALL, units_per_stage=1, num_classes=2)
+    authors = madry_models.MadryResNet(_SMALL, units_per_stage=1, num_classes=2,
+                                       input_normalization='mean_l2')
+    standard(images), authors(images)
+    authors.set_weights(standard.get_weights())
+    self.assertNotAllClose(standard(images), authors(images))
+    self.assertEqual(authors.get_config()['input_normalization'], 'mean_l2')
+    with self.assertRaisesRegex(ValueError, 'input_normalization must be one of'):
+      madry_models.MadryResNet(_SMALL, 2, input_normalization='l2')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,67 @@
+"""The baselines' options that follow the paper's schedule or Madry's code."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from igam_tf import baselines
+from igam_tf.architectures import build_classifier
+
+
+def batch(size=8, seed=0):
+  rng = np.random.RandomState(seed)
+  return (tf.constant(rng.rand(size, 12, 12, 3).astype(np.float32)),
+          tf.constant(rng.randint(0, 3, size)))
+
+
+def resnet(seed=0):
+  keras.utils.set_random_seed(seed)
+  return build_classifier('madry_resnet', 3, (12, 12, 3), activation='gelu',
+                          filters=(4, 4, 8, 8), units_per_stage=1)
+
+
+class BaselinesTest(tf.test.TestCase):
+
+  def test_gradient_norm_penalty_starts_at_its_step(self):
+    images, labels = batch()
+    model = baselines.GradientNormPenalty(resnet(), penalty_weight=1e6, penalty_start_step=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    for step in range(4):
+      logs = model.train_on_batch(images, labels, return_dict=True)
+      model.reset_metrics()
+      if step < 2:
+        self.assertAllClose(logs['loss'], logs['xent'])
+      else:
+        self.assertGreater(logs['loss'], logs['xent'] + 1e-4)
+
+  def test_pgd_crafted_with_batch_statistics_changes_no_variable(self):
+    images, labels = batch()
+    crafted = {}
+    for pgd_bn in ('moving', 'batch'):
+      classifier = resnet()
+      model = baselines.PGDAdversarialTraining(classifier, epsilon=0.1, step_size=0.05,
+                                               steps=3, pgd_bn=pgd_bn)
+      model.compile(optimizer=keras.optimizers.SGD(0.01))
+      before = [v.numpy().copy() for v in classifier.variables]
+      crafted[pgd_bn] = model.training_images(images, labels).numpy()
+      for b, a in zip(before, classifier.variables):
+        self.assertAllEqual(b, a.numpy())
+    # Fresh BN statistics (mean 0, variance 1) are not the batch's: other examples.
+    self.assertNotAllClose(crafted['moving'], crafted['batch'])
+    self.assertLessEqual(np.max(np.abs(crafted['batch'] - images.numpy())), 0.1 + 1e-6)
+
+  def test_batch_statistics_need_a_model_that_has_them(self):
+    with_bn = keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.BatchNormalization(),
+                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    model = baselines.PGDAdversarialTraining(with_bn, epsilon=0.1, step_size=0.05, steps=1,
+                                             pgd_bn='batch')
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    with self.assertRaisesRegex(ValueError, 'no batch-statistics mode'):
+      model.training_images(*batch())
+    with self.assertRaisesRegex(ValueError, '--pgd_bn must be one of'):
+      baselines.PGDAdversarialTraining(with_bn, epsilon=0.1, step_size=0.05, steps=1,
+                                       pgd_bn='train')
+
+
+if __name__ == '__main__':
+  tf.test.main()
