@@ -26,7 +26,8 @@ Attack names (`parse_attack`), with the IGAM / Madry settings as defaults:
   fab[<k>]_t               FAB-T, L-inf, the same targets, k iterations each (default 100)
   square[<q>]              Square Attack, L-inf, q queries (default 5000), no gradients
   autoattack               AutoAttack's standard ensemble: APGD-CE, APGD-T, FAB-T, Square
-  autoattack_fast          APGD-CE and APGD-T
+  autoattack_fast          APGD-CE and APGD-T only: not AutoAttack, and reported as
+                           "AutoAttack (fast: APGD-CE, APGD-T)"
 The last five live in igam_tf/autoattack.py, which registers them when imported.
 """
 
@@ -355,8 +356,61 @@ def _apgd_core(model, images, labels, eps, steps, restarts, seed, example_ids, r
   return best
 
 
+def _step_size_state(best_loss, steps):
+  """AutoPGD's step-size bookkeeping before its first iteration, as the authors' code
+  (autopgd_base.py) starts it: (the previous iterate's loss, increases counted since the
+  last checkpoint, iterations since it, the current interval, the best loss at the last
+  checkpoint, whether the step was halved there).
+
+  The previous loss starts at 0, not at the start point's loss: the authors' first
+  oscillation count reads row -1 of `loss_steps`, still zero then, so the first iterate
+  counts as an increase exactly when its loss is positive. And no condition 2 at the
+  first checkpoint (`reduced_last_check` starts at ones).
+  """
+  interval, _, _ = _checkpoint_schedule(steps)
+  return (tf.zeros_like(best_loss), tf.zeros_like(best_loss), tf.constant(0, tf.int32),
+          interval, best_loss, tf.ones_like(best_loss, tf.bool))
+
+
+def _step_size_update(state, loss, best_loss, steps, rho):
+  """One iteration of AutoPGD's step-size bookkeeping, as in the authors' code.
+
+  Args:
+    state: from `_step_size_state` or the previous call.
+    loss: float [B], the loss of the iterate just taken (their `loss_steps[i]`).
+    best_loss: float [B], the best loss so far, that iterate included (`loss_best`).
+    steps: the run's iterations (sets the checkpoints).
+    rho: condition 1's threshold.
+
+  Returns:
+    (halve: bool [B], the new state). At a checkpoint (`counter3 == k`), halve where
+    condition 1 holds: at most rho * interval of the interval's iterates raised the loss
+    over the iterate before them (`check_oscillation` over `loss_steps`; the paper writes
+    <, the code <=), or condition 2: the step was not halved at the last checkpoint and
+    the best loss has not risen since (`fl_reduce_no_impr`). The previous loss is always
+    the iterate's own: a halving that moves the next step's start back to the best point
+    does not change what the next iterate is compared with.
+  """
+  previous, increases, since_check, interval, best_at_check, halved_at_check = state
+  _, decrement, min_interval = _checkpoint_schedule(steps)
+  increases += tf.cast(loss > previous, increases.dtype)
+  since_check += 1
+  at_check = tf.equal(since_check, interval)
+  oscillating = increases <= rho * tf.cast(interval, increases.dtype)  # condition 1
+  stalled = ~halved_at_check & (best_at_check >= best_loss)  # condition 2
+  halve = at_check & (oscillating | stalled)
+  return halve, (
+      loss,
+      tf.where(at_check, tf.zeros_like(increases), increases),
+      tf.where(at_check, 0, since_check),
+      tf.where(at_check, tf.maximum(interval - decrement, min_interval), interval),
+      tf.where(at_check, best_loss, best_at_check),
+      tf.where(at_check, halve, halved_at_check))
+
+
 def _apgd_run(model, images, labels, eps, steps, seeds, rho, norm, loss):
-  """One AutoPGD run (Croce & Hein 2020, Algorithm 1; details as in their code).
+  """One AutoPGD run (Croce & Hein 2020, Algorithm 1; details as in their code,
+  autopgd_base.py's attack_single_run).
 
   Returns (adversarial, fooled, best loss): the last misclassified iterate where one was
   found, else the iterate of highest loss.
@@ -373,11 +427,7 @@ def _apgd_run(model, images, labels, eps, steps, seeds, rho, norm, loss):
   fooled_point = current
   best, best_loss, best_gradient = current, current_loss, gradient
   step = tf.fill(tf.shape(labels), 2.0 * eps)
-  interval, decrement, min_interval = _checkpoint_schedule(steps)
-  since_check = tf.constant(0, tf.int32)
-  increases = tf.zeros_like(current_loss)
-  best_loss_at_check = best_loss
-  reduced_at_check = tf.ones_like(fooled)  # as the authors' code: no condition 2 at w_1
+  state = _step_size_state(best_loss, steps)
 
   for i in tf.range(steps):
     momentum = tf.where(tf.equal(i, 0), 1.0, 0.75)  # no momentum on the first step
@@ -385,36 +435,23 @@ def _apgd_run(model, images, labels, eps, steps, seeds, rho, norm, loss):
     previous = current
     direction = _ascent_direction(gradient, norm)
     z = _project(current + _per_example(step, current) * direction, images, eps, norm)
-    candidate = _project(current + momentum * (z - current) + (1 - momentum) * velocity,
-                         images, eps, norm)
-    candidate_loss, gradient, logits = _loss_gradient(model, candidate, labels, loss)
+    current = _project(current + momentum * (z - current) + (1 - momentum) * velocity,
+                       images, eps, norm)
+    current_loss, gradient, logits = _loss_gradient(model, current, labels, loss)
 
     fooled_now = _misclassified(logits, labels)
-    fooled_point = _where(fooled_now, candidate, fooled_point)
+    fooled_point = _where(fooled_now, current, fooled_point)
     fooled |= fooled_now
-    increases += tf.cast(candidate_loss > current_loss, tf.float32)
-    improved = candidate_loss > best_loss
-    best = _where(improved, candidate, best)
+    improved = current_loss > best_loss
+    best = _where(improved, current, best)
     best_gradient = _where(improved, gradient, best_gradient)
-    best_loss = tf.where(improved, candidate_loss, best_loss)
-    current, current_loss = candidate, candidate_loss
+    best_loss = tf.where(improved, current_loss, best_loss)
 
-    since_check += 1
-    at_check = tf.equal(since_check, interval)
-    # Condition 1; the paper writes <, the authors' code (AutoAttack's numbers) <=.
-    oscillating = increases <= rho * tf.cast(interval, tf.float32)
-    stalled = ~reduced_at_check & (best_loss_at_check >= best_loss)  # condition 2
-    halve = at_check & (oscillating | stalled)
+    halve, state = _step_size_update(state, current_loss, best_loss, steps, rho)
     step = tf.where(halve, step / 2, step)
-    # Halving restarts from the best point so far.
+    # Halving restarts from the best point so far (the next step's momentum included).
     current = _where(halve, best, current)
     gradient = _where(halve, best_gradient, gradient)
-    current_loss = tf.where(halve, best_loss, current_loss)
-    reduced_at_check = tf.where(at_check, halve, reduced_at_check)
-    best_loss_at_check = tf.where(at_check, best_loss, best_loss_at_check)
-    increases = tf.where(at_check, tf.zeros_like(increases), increases)
-    since_check = tf.where(at_check, 0, since_check)
-    interval = tf.where(at_check, tf.maximum(interval - decrement, min_interval), interval)
 
   return _where(fooled, fooled_point, best), fooled, best_loss
 
@@ -565,9 +602,12 @@ def apgd(model, images, labels, eps, steps=APGD_STEPS, loss='ce', restarts=1, se
 
   Initial step 2 * eps, momentum 0.75, per-example step halving at
   the checkpoints p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)
-  when at most a fraction `rho` of the steps since the last checkpoint raised the loss,
-  or when the step was not halved at the last checkpoint and the best loss has not
-  improved since; halving restarts from the best point. The start is random (as the
+  when at most a fraction `rho` of the iterates since the last checkpoint had a higher
+  loss than the iterate before them, or when the step was not halved at the last
+  checkpoint and the best loss has not improved since; halving restarts from the best
+  point. This bookkeeping is the authors' code's (see `_step_size_update`): each iterate
+  is compared with the previous iterate, even where a halving moved the next step's
+  start to the best point, and the first iterate with 0. The start is random (as the
   authors' code). Returns a misclassified iterate where one was found, else the point of
   highest loss; over restarts, the worst case per example (as `pgd_linf`).
 

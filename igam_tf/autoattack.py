@@ -12,14 +12,17 @@ The attacks AutoAttack adds to `attacks.apgd` (APGD-CE), with its standard setti
   Square   the score-based Square Attack (Andriushchenko et al., ECCV 2020): vertical
            stripes of +-eps to start, then one random square of side sqrt(p * H * W) per
            query, kept if it lowers the margin z_y - max_{i!=y} z_i; p starts at 0.8 and
-           halves after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10000
-           iterations (rescaled to the budget, 5000 queries). It never asks for a
-           gradient, so it still works where gradients are masked.
+           halves once the iteration passes 10, 50, 200, 500, 1000, 2000, 4000, 6000 and
+           8000. As in AutoAttack's standard version (`resc_schedule=False`), this
+           10000-iteration schedule is not rescaled to the budget of 5000 queries: p ends
+           at 0.8 / 128 (squares of 3 pixels on 32x32). It never asks for a gradient, so it
+           still works where gradients are masked.
 The ensembles run their attacks in sequence, each on the points no earlier one broke:
   standard (attack 'autoattack')       APGD-CE, APGD-T, FAB-T, Square
   fast     (attack 'autoattack_fast')  APGD-CE, APGD-T
 A point is robust only if it survives all of them: the ensemble's accuracy is at most
-that of each part.
+that of each part. Only the standard version is AutoAttack; the fast one is reported as
+"AutoAttack (fast: APGD-CE, APGD-T)" (`ENSEMBLE_NAMES`), never as plain AutoAttack.
 
 Each attack's randomness depends only on (seed, run, example id), as in `attacks`, so
 results repeat exactly and do not depend on the batching or on a `tf.distribute`
@@ -29,7 +32,8 @@ checked against the threat model before it is scored.
 Entry points: the batch functions `apgd_t`, `fab_t`, `square` and `ensemble`; the names
 above for `attacks.robust_accuracy` / `attack_dataset` (importing this module registers
 them); and `run_autoattack`, which runs
-an ensemble over a dataset attack by attack (as the authors' code does) and returns
+an ensemble over a dataset attack by attack (as the authors' code does: the examples are
+loaded once, so every attack sees the examples the clean pass scored) and returns
 per-example results after each attack, the time each took, and AutoAttack's sanity
 checks as warnings: (near-)zero input gradients, probabilities instead of logits, a
 random model, and Square breaking points the white-box attacks could not (a sign of
@@ -51,11 +55,15 @@ from igam_tf import attacks
 
 NUM_TARGETS = 9
 SQUARE_P_INIT = 0.8
-# Square's p halves once the (rescaled) iteration passes each of these, out of 10000.
+# Square's p halves once the iteration passes each of these (the authors' p_selection):
+# a schedule of 10000 iterations, used as is by AutoAttack's standard version (its
+# SquareAttack has resc_schedule=False), or rescaled to the budget on request.
 SQUARE_P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 SQUARE_SCHEDULE_LENGTH = 10000
 VERSIONS = {'standard': ('apgd_ce', 'apgd_t', 'fab_t', 'square'),
             'fast': ('apgd_ce', 'apgd_t')}
+# How reports and progress lines name each version: only the standard one is AutoAttack.
+ENSEMBLE_NAMES = {'standard': 'AutoAttack', 'fast': 'AutoAttack (fast: APGD-CE, APGD-T)'}
 STAGE_NAMES = {'apgd_ce': 'APGD-CE', 'apgd_t': 'APGD-T', 'fab_t': 'FAB-T', 'square': 'Square'}
 _VERSION_OF_METHOD = {'autoattack': 'standard', 'autoattack_fast': 'fast'}
 _WHITE_BOX = ('apgd_ce', 'apgd_t', 'fab_t')
@@ -83,6 +91,8 @@ class Settings:
     apgd_t_steps: APGD-T iterations per target.
     fab_steps: FAB-T iterations per target.
     square_queries: Square's queries.
+    square_rescale: rescale Square's 10000-iteration schedule of p to `square_queries`
+      (the authors' `resc_schedule=True`); False in AutoAttack's standard version.
     num_targets: target classes of APGD-T and FAB-T (at most K - 1 are used).
     rho: APGD's step-halving threshold.
     p_init: Square's initial fraction of pixels per square.
@@ -94,6 +104,7 @@ class Settings:
   apgd_t_steps: int = attacks.AUTOATTACK_METHODS['apgd_t']
   fab_steps: int = attacks.AUTOATTACK_METHODS['fab_t']
   square_queries: int = attacks.AUTOATTACK_METHODS['square']
+  square_rescale: bool = False
   num_targets: int = NUM_TARGETS
   rho: float = 0.75
   p_init: float = SQUARE_P_INIT
@@ -103,8 +114,8 @@ class Settings:
 
   def tensors(self):
     """The settings as tensors, so that changing them does not retrace."""
-    return {field.name: tf.constant(getattr(self, field.name),
-                                    tf.int32 if field.type is int else tf.float32)
+    dtypes = {int: tf.int32, bool: tf.bool, float: tf.float32}
+    return {field.name: tf.constant(getattr(self, field.name), dtypes[field.type])
             for field in dataclasses.fields(self)}
 
 
@@ -145,13 +156,19 @@ def target_classes(logits, labels, num_targets=NUM_TARGETS):
   return tf.cast(ranked[:, :count], tf.int64)
 
 
-def square_fraction(iteration, queries, p_init=SQUARE_P_INIT):
-  """Square's p at a 0-based iteration: p_init halved once for each of
-  SQUARE_P_HALVINGS the iteration has passed, on a schedule of 10000 iterations
-  rescaled to `queries` (as AutoAttack's `resc_schedule`)."""
-  scaled = (tf.cast(iteration, tf.int64) * SQUARE_SCHEDULE_LENGTH
-            // tf.cast(queries, tf.int64))
-  halvings = tf.reduce_sum(tf.cast(scaled > tf.constant(SQUARE_P_HALVINGS, tf.int64),
+def square_fraction(iteration, queries, p_init=SQUARE_P_INIT, rescale=False):
+  """Square's p at a 0-based iteration (the authors' `p_selection`): p_init halved once
+  for each of SQUARE_P_HALVINGS the iteration has passed.
+
+  AutoAttack's standard version uses the iteration as is (`resc_schedule=False`): with
+  5000 queries p never goes below its value at iteration 5000, p_init / 128. With
+  `rescale` (a bool or a bool tensor) the iteration first becomes
+  int(iteration / queries * 10000), so the whole schedule fits any budget.
+  """
+  iteration = tf.cast(iteration, tf.int64)
+  scaled = iteration * SQUARE_SCHEDULE_LENGTH // tf.maximum(tf.cast(queries, tf.int64), 1)
+  position = tf.where(tf.cast(rescale, tf.bool), scaled, iteration)
+  halvings = tf.reduce_sum(tf.cast(position > tf.constant(SQUARE_P_HALVINGS, tf.int64),
                                    tf.float32))
   return tf.cast(p_init, tf.float32) * tf.pow(0.5, halvings)
 
@@ -356,8 +373,9 @@ def _fab_t_core(model, images, labels, eps, steps, restarts, seed, example_ids,
   return best
 
 
-def _square_run(model, images, labels, eps, queries, p_init, seeds):
-  """One Square Attack run (L-inf), on points the model classifies correctly.
+def _square_run(model, images, labels, eps, queries, p_init, seeds, rescale=False):
+  """One Square Attack run (L-inf), on points the model classifies correctly; `rescale`
+  as `square_fraction` (False in AutoAttack's standard version).
 
   Returns (the point of lowest margin found, its margin).
   """
@@ -380,7 +398,7 @@ def _square_run(model, images, labels, eps, queries, p_init, seeds):
     active = tf.where(best_margin > 0)[:, 0]  # only unbroken points are queried
     x, y, current, current_margin = _gather(active, images, labels, best, best_margin)
     draw = tf.gather(tf.gather(draws, iteration, axis=1), active)
-    side = square_size(square_fraction(iteration, queries, p_init), height, width)
+    side = square_size(square_fraction(iteration, queries, p_init, rescale), height, width)
     top = tf.minimum(tf.cast(draw[:, 0] * tf.cast(height - side + 1, tf.float32), tf.int32),
                      height - side)
     left = tf.minimum(tf.cast(draw[:, 1] * tf.cast(width - side + 1, tf.float32), tf.int32),
@@ -400,7 +418,8 @@ def _square_run(model, images, labels, eps, queries, p_init, seeds):
   return best, best_margin
 
 
-def _square_core(model, images, labels, eps, queries, restarts, seed, example_ids, p_init):
+def _square_core(model, images, labels, eps, queries, restarts, seed, example_ids, p_init,
+                 rescale=False):
   """Square with restarts on the points not yet misclassified. Returns a misclassified
   point where one was found, else the point of lowest margin."""
   broken = attacks._misclassified(attacks.logits_of(model, images), labels)
@@ -411,7 +430,8 @@ def _square_core(model, images, labels, eps, queries, restarts, seed, example_id
     active = tf.where(~broken)[:, 0]
     x, y, ids, previous_margin = _gather(active, images, labels, example_ids, best_margin)
     seeds = attacks._example_seeds(seed, _SQUARE_STREAM + restart, ids)
-    adversarial, found_margin = _square_run(model, x, y, eps, queries, p_init, seeds)
+    adversarial, found_margin = _square_run(model, x, y, eps, queries, p_init, seeds,
+                                            rescale)
     broken_now = attacks._misclassified(attacks.logits_of(model, adversarial), y)
     take = broken_now | (found_margin < previous_margin)
     best = _scatter(best, active, attacks._where(take, adversarial, tf.gather(best, active)))
@@ -437,7 +457,7 @@ def _stage_core(stage, model, images, labels, eps, restarts, seed, example_ids, 
                        example_ids, s['num_targets'], s['alpha_max'], s['eta'], s['beta'])
   if stage == 'square':
     return _square_core(model, images, labels, eps, s['square_queries'], restarts, seed,
-                        example_ids, s['p_init'])
+                        example_ids, s['p_init'], s['square_rescale'])
   raise ValueError(f'Unknown AutoAttack stage {stage!r}')
 
 
@@ -568,8 +588,11 @@ def fab_t(model, images, labels, eps, steps=100, num_targets=NUM_TARGETS, restar
 
 
 def square(model, images, labels, eps, queries=5000, p_init=SQUARE_P_INIT, restarts=1,
-           seed=0, example_ids=None):
+           seed=0, example_ids=None, rescale_schedule=False):
   """Square Attack, L-inf (Andriushchenko et al., ECCV 2020), with AutoAttack's settings.
+
+  The squares shrink on the 10000-iteration schedule of `square_fraction`, not rescaled
+  to `queries` (AutoAttack's standard version) unless `rescale_schedule`.
 
   Uses only the model's outputs, never a gradient. Each example gets its own squares
   and signs (AutoAttack's code shares them across the batch; the paper draws them per
@@ -582,13 +605,16 @@ def square(model, images, labels, eps, queries=5000, p_init=SQUARE_P_INIT, resta
     queries: iterations, one model query each, after the initial one.
     p_init: the initial fraction of the image a square covers.
     restarts: runs on the points still classified correctly.
+    rescale_schedule: fit the whole schedule of p to `queries` (the authors'
+      `resc_schedule=True`).
 
   Returns:
     float32 adversarial images, checked against the threat model.
   """
   images, labels, example_ids, eps_t, restarts_t, seed_t = _prepare(
       images, labels, eps, queries, restarts, example_ids, seed)
-  settings = dataclasses.replace(STANDARD, square_queries=queries, p_init=p_init)
+  settings = dataclasses.replace(STANDARD, square_queries=queries, p_init=p_init,
+                                 square_rescale=bool(rescale_schedule))
   adversarial = _compiled_stage('square', model, images, labels, eps_t, restarts_t, seed_t,
                                 example_ids, settings.tensors())
   return attacks._checked(images, adversarial, eps, 'linf')
@@ -743,7 +769,8 @@ class AutoAttackResult:
   """An AutoAttack ensemble over a dataset, in example order.
 
   Attributes:
-    version: 'standard' or 'fast'.
+    version: 'standard' (AutoAttack) or 'fast' (APGD-CE and APGD-T only: not AutoAttack,
+      see `name`).
     eps: the L-inf radius.
     labels: int64 [N].
     correct: bool [N], still correctly classified after every attack.
@@ -762,6 +789,11 @@ class AutoAttackResult:
   seconds: dict
   warnings: list
   adversarial: np.ndarray | None = None
+
+  @property
+  def name(self):
+    """What reports call it: 'AutoAttack' for the standard version only."""
+    return ENSEMBLE_NAMES[self.version]
 
   @property
   def accuracy(self):
@@ -793,18 +825,30 @@ def _examples(dataset, num_examples):
   return dataset if num_examples is None else dataset.take(num_examples)
 
 
-def _numbered_subset(dataset, num_examples, keep, batch_size):
+def load_examples(dataset, num_examples=None, chunk=1000):
+  """(images, labels): the first `num_examples` (all if None) examples of `dataset` as
+  numpy arrays, read in a single pass. Example i is the one every attack of
+  `run_autoattack` calls example i: a dataset that reshuffles on each pass (or reads
+  differently) cannot hand a later attack other examples than the clean pass scored."""
+  images, labels = [], []
+  for image_batch, label_batch in _examples(dataset, num_examples).batch(chunk):
+    images.append(image_batch.numpy())
+    labels.append(label_batch.numpy())
+  if not images:
+    raise ValueError('The dataset has no examples.')
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def _numbered_subset(images, labels, keep, batch_size):
   """Full batches of (image, label, id) of the examples where `keep` (all if None), ids
-  being positions in the dataset; padded with id -1 as `attacks.attack_dataset` does."""
-  numbered = _examples(dataset, num_examples).enumerate()
-  if keep is not None:
-    keep = tf.constant(keep)
-    numbered = numbered.filter(lambda index, example: tf.gather(keep, index))
-  numbered = numbered.map(lambda index, example: (example[0], example[1], index))
-  padding = numbered.take(1).map(
-      lambda image, label, index: (image, label, tf.constant(-1, tf.int64)))
-  return numbered.concatenate(padding.repeat(batch_size - 1)).batch(
-      batch_size, drop_remainder=True)
+  being positions in `images`; padded with copies of the first, with id -1, as
+  `attacks.attack_dataset` does (no replica is ever handed an empty batch)."""
+  ids = np.arange(len(labels)) if keep is None else np.flatnonzero(keep)
+  padding = -len(ids) % batch_size
+  ids = np.concatenate([ids, np.full(padding, ids[0])]).astype(np.int64)
+  numbered = np.where(np.arange(len(ids)) < len(ids) - padding, ids, -1)
+  return tf.data.Dataset.from_tensor_slices(
+      (images[ids], labels[ids], numbered)).batch(batch_size, drop_remainder=True)
 
 
 def _dataset_pass(replica_fn, batches, num_batches, strategy, eps, progress):
@@ -856,6 +900,10 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
   """Runs an AutoAttack ensemble over a dataset, one attack at a time over the points
   still robust (as the authors' code), and AutoAttack's sanity checks.
 
+  The first `num_examples` examples are read once (`load_examples`) before the clean
+  pass; every attack then works on those arrays, so each attacks exactly the examples the
+  clean pass scored, even if the dataset would reshuffle or change on a second pass.
+
   Per example, the result equals `attacks.attack_dataset(model, dataset, 'autoattack')`
   (the same seeds and example ids), which runs the ensemble batch by batch.
 
@@ -865,7 +913,7 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
     dataset: (image, label) pairs, batched or not, or a `data.DatasetSplit`; images float
       in [0, 1].
     eps: the L-inf radius on the [0, 1] scale.
-    version: 'standard' or 'fast'.
+    version: 'standard' (AutoAttack) or 'fast' (APGD-CE and APGD-T only).
     num_examples: attack the first this many (None: all).
     seed: fixes every random draw.
     strategy: an optional `tf.distribute.Strategy` that splits each batch over replicas.
@@ -893,35 +941,33 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
   eps_t, restarts_t, seed_t = (tf.constant(eps, tf.float32), tf.constant(restarts, tf.int32),
                                tf.constant(seed, tf.int64))
   tensors = settings.tensors()
+  name = ENSEMBLE_NAMES[version]
+  title = 'AutoAttack (standard)' if version == 'standard' else name  # progress lines
 
   def clean_replica(images, labels, example_ids):
     images, labels = tf.cast(images, tf.float32), tf.cast(labels, tf.int64)
     logits = attacks.logits_of(model, images)
     zero, flat = gradient_flags(model, images, labels, eps_t)
-    outputs = dict(labels=labels, example_ids=example_ids, zero=zero, flat=flat,
-                   correct=~attacks._misclassified(logits, labels))
-    if keep_adversarial:
-      outputs['clean_images'] = images
-    return outputs
+    return dict(labels=labels, example_ids=example_ids, zero=zero, flat=flat,
+                correct=~attacks._misclassified(logits, labels))
 
   start = time.perf_counter()
-  clean = _dataset_pass(clean_replica, _numbered_subset(dataset, num_examples, None,
-                                                        batch_size),
-                        None, strategy, eps, progress)
-  if not clean['labels'].size:
-    raise ValueError('The dataset has no examples.')
+  # One pass over the dataset: every attack below sees these examples under these ids.
+  all_images, all_labels = load_examples(dataset, num_examples)
+  clean = _dataset_pass(clean_replica,
+                        _numbered_subset(all_images, all_labels, None, batch_size),
+                        -(-len(all_labels) // batch_size), strategy, eps, progress)
   seconds = {'clean': time.perf_counter() - start}
   after = {'clean': clean['correct'].copy()}
-  adversarial = clean['clean_images'] if keep_adversarial else None
+  adversarial = np.array(all_images, np.float32) if keep_adversarial else None
 
   # The probability and randomness checks look at the first examples.
-  check_images, check_labels = next(iter(
-      _examples(dataset, num_examples).batch(CHECK_EXAMPLES)))
-  repeated = [attacks.logits_of(model, tf.cast(check_images, tf.float32)).numpy()
+  check_images = tf.cast(all_images[:CHECK_EXAMPLES], tf.float32)
+  repeated = [attacks.logits_of(model, check_images).numpy()
               for _ in range(RANDOMNESS_CALLS)]
   warnings = [message for message in (
       probability_warning(repeated[0]),
-      randomness_warning(repeated, check_labels.numpy()),
+      randomness_warning(repeated, all_labels[:CHECK_EXAMPLES]),
       gradient_warning(clean['zero'][clean['correct']], clean['flat'][clean['correct']]))
               if message]
 
@@ -931,12 +977,12 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
     warnings.append(f'APGD-T was skipped: it needs at least 4 classes, the model has '
                     f'{num_classes}.')
   for message in warnings:  # now, in case an attack fails
-    logging.warning('AutoAttack: %s', message)
+    logging.warning('%s: %s', name, message)
   correct = clean['correct'].copy()
   for stage in stages:
     start = time.perf_counter()
     keep = correct.copy()
-    _report(progress, f'AutoAttack ({version}): {STAGE_NAMES[stage]} on the '
+    _report(progress, f'{title}: {STAGE_NAMES[stage]} on the '
                       f'{int(keep.sum())} of {keep.size} points still robust')
     if keep.any():
 
@@ -955,7 +1001,7 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
 
       num_batches = -(-int(keep.sum()) // batch_size)
       outputs = _dataset_pass(stage_replica,
-                              _numbered_subset(dataset, num_examples, keep, batch_size),
+                              _numbered_subset(all_images, all_labels, keep, batch_size),
                               num_batches, strategy, eps, progress)
       ids = outputs['example_ids']
       correct[ids] = outputs['correct']
@@ -964,17 +1010,17 @@ def run_autoattack(model, dataset, eps=attacks.LINF_EPS, version='standard',
         adversarial[broken] = outputs['adversarial'][~outputs['correct']]
     after[stage] = correct.copy()
     seconds[stage] = time.perf_counter() - start
-    _report(progress, f'AutoAttack ({version}): robust accuracy {100.0 * correct.mean():.2f}% '
+    _report(progress, f'{title}: robust accuracy {100.0 * correct.mean():.2f}% '
                       f'({int(correct.sum())} of {correct.size}) after {STAGE_NAMES[stage]}, '
                       f'{seconds[stage]:.1f} s')
 
   if 'square' in after:
-    white_box = [name for name in after if name in _WHITE_BOX]
+    white_box = [stage for stage in after if stage in _WHITE_BOX]
     message = square_warning(after[white_box[-1]] if white_box else after['clean'],
                              after['square'])
     if message:
       warnings.append(message)
-      logging.warning('AutoAttack: %s', message)
+      logging.warning('%s: %s', name, message)
   return AutoAttackResult(version=version, eps=float(eps), labels=clean['labels'],
                           correct=correct, after=after, seconds=seconds, warnings=warnings,
                           adversarial=adversarial)

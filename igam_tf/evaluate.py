@@ -67,8 +67,9 @@ def define_flags():
   flags.DEFINE_integer('image_size', None, 'Resize images to this square size.')
   flags.DEFINE_list('attacks', list(evaluation.DEFAULT_ATTACKS),
                     'Attacks, e.g. clean,fgsm,pgd5,pgd10,pgd20,pgd50,pgd100,apgd_ce,apgd_dlr, '
-                    'or the AutoAttack ensemble: autoattack (APGD-CE, APGD-T, FAB-T, Square) '
-                    'or autoattack_fast (grammar in igam_tf/attacks.py).')
+                    'or the AutoAttack ensemble: autoattack (APGD-CE, APGD-T, FAB-T, Square); '
+                    'autoattack_fast runs APGD-CE and APGD-T only, reported as "AutoAttack '
+                    '(fast: APGD-CE, APGD-T)" (grammar in igam_tf/attacks.py).')
   flags.DEFINE_string('epsilon', '8/255', 'L-inf radius on the [0, 1] scale: a float or a '
                       'fraction such as 8/255.')
   flags.DEFINE_string('step_size', '', 'PGD step size (float or fraction); empty: epsilon / 4.')
@@ -202,8 +203,8 @@ def run_evaluation(f):
   print(f'\nAccuracy (%) on {examples} examples; worst case: the examples no attack broke.')
   print(table)
   if autoattack_runs:
-    print('\nAutoAttack, attack by attack (accuracy % after each; each attacks only the '
-          'points the earlier ones left):')
+    print(f'\n{evaluation.autoattack_title(autoattack_runs)}, attack by attack (accuracy % '
+          'after each; each attacks only the points the earlier ones left):')
     print(evaluation.autoattack_table(autoattack_runs))
   warnings = _print_findings(reports, evaluated.warnings)
   if f.output:

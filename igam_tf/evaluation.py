@@ -5,6 +5,8 @@ attack broke (the per-example worst case over every attack run): the number to
 quote, since methods that shape input gradients can look robust to one attack
 and not to another. An AutoAttack ensemble also gets a table of the accuracy after
 each of its attacks and their times, and its failed sanity checks become warnings.
+Only 'autoattack' is called AutoAttack: 'autoattack_fast' (APGD-CE and APGD-T alone) is
+"AutoAttack (fast: APGD-CE, APGD-T)" in every heading, title and warning.
 """
 
 import dataclasses
@@ -36,15 +38,18 @@ class Evaluation:
 
   @property
   def warnings(self):
-    """The AutoAttack sanity checks that failed, as '<model>: AutoAttack: <message>'."""
-    return [f'{model}: AutoAttack: {message}'
+    """The AutoAttack sanity checks that failed, as '<model>: AutoAttack: <message>'
+    ('<model>: AutoAttack (fast: APGD-CE, APGD-T): <message>' for the fast ensemble)."""
+    return [f'{model}: {run.name}: {message}'
             for model, runs in self.autoattack_runs.items()
             for run in runs.values() for message in run.warnings]
 
   def autoattack_json(self):
-    """{model: {ensemble: {'accuracy_after': {attack: cumulative %}, 'seconds': {...},
+    """{model: {ensemble: {'name': what it is called ('AutoAttack' for 'autoattack'
+    only), 'accuracy_after': {attack: cumulative %}, 'seconds': {...},
     'warnings': [...]}}}."""
-    return {model: {name: {'accuracy_after': run.accuracies,
+    return {model: {name: {'name': run.name,
+                           'accuracy_after': run.accuracies,
                            'seconds': {k: round(v, 1) for k, v in run.seconds.items()},
                            'warnings': list(run.warnings)}
                     for name, run in runs.items()}
@@ -80,7 +85,7 @@ def columns(results):
 
 def markdown_table(results, first_column='Model'):
   cols = columns(results)
-  lines = [f'| {first_column} | ' + ' | '.join(_heading(c) for c in cols) + ' |',
+  lines = [f'| {first_column} | ' + ' | '.join(heading(c) for c in cols) + ' |',
            '|---|' + '---:|' * len(cols)]
   for name, row in results.items():
     lines.append(f'| {name} | ' + ' | '.join(
@@ -88,19 +93,29 @@ def markdown_table(results, first_column='Model'):
   return '\n'.join(lines)
 
 
-def _heading(column):
+def heading(column):
   names = {'clean': 'Clean', 'fgsm': 'FGSM', 'apgd_ce': 'APGD-CE', 'apgd_dlr': 'APGD-DLR',
            'apgd_t': 'APGD-T', 'fab_t': 'FAB-T', 'square': 'Square',
-           'autoattack': 'AutoAttack', 'autoattack_fast': 'AutoAttack (fast)',
+           'autoattack': autoattack.ENSEMBLE_NAMES['standard'],
+           'autoattack_fast': autoattack.ENSEMBLE_NAMES['fast'],
            'worst_case': 'Worst case', 'worst_case_l2': 'Worst case (L2)'}
   if column in names:
     return names[column]
   return column.upper().replace('PGD', 'PGD-') if column.startswith('pgd') else column
 
 
+def autoattack_title(autoattack_runs):
+  """'AutoAttack', 'AutoAttack (fast: APGD-CE, APGD-T)' or both, for the ensembles
+  that ran."""
+  names = dict.fromkeys(run.name for runs in autoattack_runs.values()
+                        for run in runs.values())
+  return ' and '.join(names)
+
+
 def autoattack_table(autoattack_runs):
   """Markdown: per model and ensemble, the accuracy after each of its attacks (each
-  attacks only the points the earlier ones left) and the seconds the ensemble took."""
+  attacks only the points the earlier ones left) and the seconds the ensemble took; a
+  row of the fast ensemble names it after the model."""
   stages = list(dict.fromkeys(stage for runs in autoattack_runs.values()
                               for run in runs.values() for stage in run.after))
   lines = ['| Model | ' + ' | '.join(
@@ -108,7 +123,7 @@ def autoattack_table(autoattack_runs):
       for stage in stages) + ' | Seconds |', '|---|' + '---:|' * (len(stages) + 1)]
   for model, runs in autoattack_runs.items():
     for name, run in runs.items():
-      label = model if name == 'autoattack' else f'{model} ({_heading(name)})'
+      label = model if name == 'autoattack' else f'{model}, {run.name}'
       cells = [f'{run.accuracies[stage]:.1f}' if stage in run.after else ''
                for stage in stages]
       lines.append(f'| {label} | ' + ' | '.join(cells) +
@@ -122,7 +137,8 @@ def markdown_report(results, settings, title='Robust accuracy (%)', notes=(), wa
   masking) and settings."""
   lines = [f'# {title}', '', markdown_table(results), '']
   if autoattack_runs:
-    lines += ['## AutoAttack, attack by attack', '', autoattack_table(autoattack_runs), '']
+    lines += [f'## {autoattack_title(autoattack_runs)}, attack by attack', '',
+              autoattack_table(autoattack_runs), '']
   lines += [f'- {note}' for note in notes]
   if warnings:
     lines += ['', '## Warnings', '']

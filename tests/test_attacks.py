@@ -1,5 +1,6 @@
 """Attacks: threat-model bounds, analytic optima, strength, restarts, the bounds check,
-distribution, seeds and compilation."""
+distribution, seeds and compilation, and APGD's step-size halving against a line-by-line
+transcription of the authors' code (autopgd_base.py)."""
 
 import os
 import textwrap
@@ -85,6 +86,203 @@ class LossAndScheduleTest(tf.test.TestCase):
         break
       checkpoints.append(checkpoints[-1] + interval)
     self.assertEqual(checkpoints, [22, 41, 57, 70, 80, 87, 93, 99])
+
+
+def reference_schedule(n_iter):
+  """autopgd_base.py's init_hyperparam: (n_iter_2, n_iter_min, size_decr)."""
+  return (max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1),
+          max(int(0.03 * n_iter), 1))
+
+
+def reference_check_oscillation(x, j, k, k3):
+  """autopgd_base.py's check_oscillation, numpy for torch (x[-1] wraps around alike)."""
+  t = np.zeros(x.shape[1])
+  for counter5 in range(k):
+    t += (x[j - counter5] > x[j - counter5 - 1]).astype(np.float64)
+  return (t <= k * k3).astype(np.float64)
+
+
+def reference_halvings(start_loss, iterate_losses, rho=0.75):
+  """Where the authors' APGD (autopgd_base.py, attack_single_run, L-inf) halves the step
+  of each example, given the losses of its iterates: its bookkeeping transcribed line by
+  line (loss_steps, loss_best, counter3, k, loss_best_last_check, reduced_last_check).
+
+  Args:
+    start_loss: float [B], the loss at the random start.
+    iterate_losses: float [n_iter, B], the loss of iterate i (their `loss_steps[i]`).
+
+  Returns:
+    bool [n_iter, B]: whether the step is halved after iterate i.
+  """
+  iterate_losses = np.asarray(iterate_losses, np.float64)
+  n_iter = len(iterate_losses)
+  n_iter_2, n_iter_min, size_decr = reference_schedule(n_iter)
+  loss_steps = np.zeros_like(iterate_losses)
+  loss_best = np.array(start_loss, np.float64)
+  k, counter3 = n_iter_2, 0
+  loss_best_last_check = loss_best.copy()
+  reduced_last_check = np.ones_like(loss_best)
+  halved = np.zeros(iterate_losses.shape, bool)
+  for i in range(n_iter):
+    y1 = iterate_losses[i]
+    loss_steps[i] = y1
+    loss_best = np.where(y1 > loss_best, y1, loss_best)
+    counter3 += 1
+    if counter3 == k:
+      fl_oscillation = reference_check_oscillation(loss_steps, i, k, rho)
+      fl_reduce_no_impr = (1. - reduced_last_check) * (
+          loss_best_last_check >= loss_best).astype(np.float64)
+      fl_oscillation = np.maximum(fl_oscillation, fl_reduce_no_impr)
+      reduced_last_check = fl_oscillation.copy()
+      loss_best_last_check = loss_best.copy()
+      halved[i] = fl_oscillation > 0
+      k = max(k - size_decr, n_iter_min)
+      counter3 = 0
+  return halved
+
+
+def our_halvings(start_loss, iterate_losses, rho=0.75):
+  """The same, from attacks._step_size_state and _step_size_update."""
+  iterate_losses = tf.constant(iterate_losses, tf.float32)
+  steps = len(iterate_losses)
+  best = tf.constant(start_loss, tf.float32)
+  state = attacks._step_size_state(best, steps)
+  halved = []
+  for loss in iterate_losses:
+    best = tf.where(loss > best, loss, best)
+    halve, state = attacks._step_size_update(state, loss, best, steps, rho)
+    halved.append(halve.numpy())
+  return np.array(halved)
+
+
+def reference_apgd_linf(model, images, labels, eps, n_iter, start, loss, rho=0.75):
+  """The authors' attack_single_run (L-inf, autopgd_base.py) transcribed line by line in
+  numpy (float32, as theirs), from a given start point; the model's losses and gradients
+  come from attacks._loss_gradient. Returns (x_best, acc, loss_best, x_best_adv) as
+  theirs does."""
+  x = np.asarray(images, np.float32)
+  y = tf.constant(labels, tf.int64)
+  eps = np.float32(eps)
+
+  def loss_and_gradient(x_adv):
+    losses, gradient, logits = attacks._loss_gradient(model, tf.constant(x_adv), y, loss)
+    return logits.numpy(), losses.numpy(), gradient.numpy()
+
+  x_adv = np.clip(np.asarray(start, np.float32), 0., 1.)
+  x_best, x_best_adv = x_adv.copy(), x_adv.copy()
+  loss_steps = np.zeros([n_iter, len(x)], np.float32)
+  logits, loss_indiv, grad = loss_and_gradient(x_adv)
+  grad_best = grad.copy()
+  acc = logits.argmax(1) == labels
+  loss_best = loss_indiv.copy()
+  step_size = np.float32(2.) * eps * np.ones([len(x), 1, 1, 1], np.float32)
+  x_adv_old = x_adv.copy()
+  n_iter_2, n_iter_min, size_decr = reference_schedule(n_iter)
+  k, counter3 = n_iter_2, 0
+  loss_best_last_check = loss_best.copy()
+  reduced_last_check = np.ones_like(loss_best)
+  for i in range(n_iter):
+    grad2 = x_adv - x_adv_old
+    x_adv_old = x_adv.copy()
+    a = np.float32(0.75 if i > 0 else 1.0)
+    x_adv_1 = x_adv + step_size * np.sign(grad)
+    x_adv_1 = np.clip(np.minimum(np.maximum(x_adv_1, x - eps), x + eps), 0., 1.)
+    x_adv_1 = np.clip(np.minimum(np.maximum(
+        x_adv + (x_adv_1 - x_adv) * a + grad2 * (np.float32(1.) - a), x - eps), x + eps),
+                      0., 1.)
+    x_adv = x_adv_1
+    logits, loss_indiv, grad = loss_and_gradient(x_adv)
+    pred = logits.argmax(1) == labels
+    acc = acc & pred
+    x_best_adv[~pred] = x_adv[~pred]
+    y1 = loss_indiv.copy()
+    loss_steps[i] = y1
+    ind = y1 > loss_best
+    x_best[ind] = x_adv[ind]
+    grad_best[ind] = grad[ind]
+    loss_best[ind] = y1[ind]
+    counter3 += 1
+    if counter3 == k:
+      fl_oscillation = reference_check_oscillation(loss_steps, i, k, rho)
+      fl_reduce_no_impr = (1. - reduced_last_check) * (
+          loss_best_last_check >= loss_best).astype(np.float64)
+      fl_oscillation = np.maximum(fl_oscillation, fl_reduce_no_impr)
+      reduced_last_check = fl_oscillation.copy()
+      loss_best_last_check = loss_best.copy()
+      halve = fl_oscillation > 0
+      step_size[halve] /= 2.
+      x_adv[halve] = x_best[halve]
+      grad[halve] = grad_best[halve]
+      k = max(k - size_decr, n_iter_min)
+      counter3 = 0
+  return x_best, acc, loss_best, x_best_adv
+
+
+class StepSizeBookkeepingTest(parameterized.TestCase, tf.test.TestCase):
+  """APGD halves its step where the authors' code does (autopgd_base.py)."""
+
+  def test_each_iterate_is_compared_with_the_one_before_it(self):
+    # 10 iterations: checkpoints after iterates 1, 2, 3, ..., 9 (intervals 2, 1, 1, ...).
+    # The step halves after iterate 2 (2.5 < 3.0) and the next step restarts from the
+    # best point (loss 3.0). Iterate 3 (2.8) is compared with iterate 2 (2.5): an
+    # increase, so no halving after it. The old bookkeeping compared it with the best
+    # loss it had restarted from (3.0), saw no increase and halved again after iterate 3.
+    losses = [[2.0], [3.0], [2.5], [2.8], [3.5], [3.6], [3.6], [3.7], [3.0], [3.1]]
+    expected = [False, False, True, False, False, False, True, False, True, False]
+    self.assertAllEqual(reference_halvings([1.0], losses)[:, 0], expected)
+    self.assertAllEqual(our_halvings([1.0], losses)[:, 0], expected)
+
+  def test_the_first_iterate_is_compared_with_zero(self):
+    # Their first count reads loss_steps[-1], a row still zero: the first iterate counts
+    # as an increase when its loss is positive, whatever the start's loss. Here (10
+    # iterations: the first checkpoint after iterate 1) it falls below the start
+    # (0.9 < 1.0) and still counts: 2 increases > 0.75 * 2, no halving. (Compared with
+    # the start's loss it would count once, 1 <= 1.5, and halve.)
+    losses = [[0.9], [1.2], [1.3], [1.4], [1.5], [1.6], [1.7], [1.8], [1.9], [2.0]]
+    self.assertFalse(reference_halvings([1.0], losses)[1, 0])
+    self.assertFalse(our_halvings([1.0], losses)[1, 0])
+    # A negative first loss (DLR on a correct point) never counts: 1 <= 1.5, halved.
+    negative = np.array(losses) - 2.1
+    self.assertTrue(reference_halvings([-2.0], negative)[1, 0])
+    self.assertTrue(our_halvings([-2.0], negative)[1, 0])
+
+  @parameterized.parameters(5, 10, 23, 100)
+  def test_random_losses_halve_as_the_authors_code(self, steps):
+    rng = np.random.RandomState(steps)
+    start = rng.normal(size=30)
+    losses = np.concatenate([
+        np.cumsum(rng.normal(0.05, 1.0, (steps, 10)), axis=0),  # a noisy ascent
+        rng.randint(-2, 3, (steps, 10)).astype(float),  # many ties
+        -np.abs(rng.normal(size=(steps, 10)))], axis=1)  # negative, as DLR
+    reference = reference_halvings(start, losses)
+    self.assertTrue(reference.any() and not reference.all())
+    self.assertAllEqual(our_halvings(start, losses), reference)
+
+  @parameterized.parameters('ce', 'dlr')
+  def test_apgd_follows_the_authors_code_step_by_step(self, loss):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(32, activation='relu'),
+                              keras.layers.Dense(5)])
+    images = np.random.RandomState(4).uniform(0, 1, (32, 6, 6, 1)).astype(np.float32)
+    labels = np.argmax(model(images), axis=1)
+    eps, steps, seed = 0.05, 30, 7
+    ids = tf.range(32, dtype=tf.int64)
+    noise = attacks._per_example_noise(tf.constant(images),
+                                       attacks._example_seeds(seed, 0, ids), 'uniform')
+    scale = tf.reduce_max(tf.abs(noise), axis=[1, 2, 3], keepdims=True)
+    start = (images + eps * noise / (scale + 1e-12)).numpy()  # the same random start
+    x_best, acc, loss_best, x_best_adv = reference_apgd_linf(model, images, labels, eps,
+                                                             steps, start, loss)
+    self.assertBetween(acc.mean(), 0.1, 0.9)  # some broken, some not
+    expected = np.where(acc[:, None, None, None], x_best, x_best_adv)
+    # Eagerly, as the transcription: a compiled graph may round the DLR loss differently
+    # in the last bit, and near-ties then go the other way.
+    ours = attacks._apgd_core(model, tf.constant(images), tf.constant(labels, tf.int64),
+                              tf.constant(eps), tf.constant(steps), tf.constant(1),
+                              tf.constant(seed, tf.int64), ids, tf.constant(0.75),
+                              norm='linf', loss=loss)
+    self.assertAllEqual(ours, expected)
 
 
 # name, attack(model, images, labels), eps, norm

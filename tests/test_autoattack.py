@@ -1,5 +1,6 @@
-"""AutoAttack: schedules and losses, FAB's projection against a linear program, bounds,
-analytic optima on a linear model, strength on a trained digits model, the sanity checks
+"""AutoAttack: schedules and losses (Square's as the authors' standard version), FAB's
+projection against a linear program, bounds, analytic optima on a linear model, a dataset
+that reshuffles on every pass, strength on a trained digits model, the sanity checks
 (masked, probability and random models), gradient-free Square, seeds and distribution."""
 
 import dataclasses
@@ -55,6 +56,18 @@ def digits_batch(num):
   return images.numpy(), labels.numpy()
 
 
+def reference_p_selection(it, n_queries, p_init, rescale_schedule):
+  """SquareAttack.p_selection of the authors' square.py, transcribed."""
+  if rescale_schedule:
+    it = int(it / n_queries * 10000)
+  for low, high, divisor in ((10, 50, 2), (50, 200, 4), (200, 500, 8), (500, 1000, 16),
+                             (1000, 2000, 32), (2000, 4000, 64), (4000, 6000, 128),
+                             (6000, 8000, 256)):
+    if low < it <= high:
+      return p_init / divisor
+  return p_init / 512 if it > 8000 else p_init
+
+
 def masked(model):
   return keras.Sequential([keras.Input(model.input_shape[1:]), ZeroGradientRounding(),
                            model])
@@ -105,13 +118,39 @@ class ScheduleAndLossTest(tf.test.TestCase):
       self.assertAllClose(autoattack.square_fraction(iteration, 10000), 0.8 / divisor,
                           msg=str(iteration))
 
-  def test_square_schedule_is_rescaled_to_the_budget(self):
-    # At 5000 queries (AutoAttack's), iteration i counts as 2i of 10000.
-    for iteration, divisor in {5: 1, 6: 2, 25: 2, 26: 4, 100: 4, 101: 8, 4000: 256,
-                               4001: 512}.items():
-      self.assertAllClose(autoattack.square_fraction(iteration, 5000), 0.8 / divisor,
+  def test_square_schedule_is_not_rescaled_in_the_standard_version(self):
+    # AutoAttack builds its SquareAttack with resc_schedule=False: p_selection(i) reads
+    # the iteration as is, so with 5000 queries p stops at p_init / 128 and a square on
+    # 32x32 never gets below 3 pixels (the rescaled schedule ends at 1).
+    for iteration in (0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 2000, 2001, 3000,
+                      4000, 4001, 4500, 4999):
+      fraction = autoattack.square_fraction(iteration, 5000)
+      self.assertAllClose(fraction, reference_p_selection(iteration, 5000, 0.8, False),
                           msg=str(iteration))
-    self.assertAllClose(autoattack.square_fraction(1, 100, p_init=0.5), 0.5 / 4)  # 100
+      self.assertGreaterEqual(int(autoattack.square_size(fraction, 32, 32)), 3)
+    self.assertAllClose(autoattack.square_fraction(4999, 5000), 0.8 / 128)
+    self.assertEqual(int(autoattack.square_size(0.8 / 128, 32, 32)), 3)  # round(2.53)
+    self.assertFalse(autoattack.STANDARD.square_rescale)
+
+  def test_square_schedule_is_rescaled_on_request(self):
+    # With rescale (resc_schedule=True), at 5000 queries iteration i counts as 2i.
+    for iteration, divisor in {5: 1, 6: 2, 25: 2, 26: 4, 100: 4, 101: 8, 4000: 256,
+                               4001: 512, 4999: 512}.items():
+      fraction = autoattack.square_fraction(iteration, 5000, rescale=True)
+      self.assertAllClose(fraction, 0.8 / divisor, msg=str(iteration))
+      self.assertAllClose(fraction, reference_p_selection(iteration, 5000, 0.8, True))
+    self.assertAllClose(autoattack.square_fraction(1, 100, p_init=0.5, rescale=True),
+                        0.5 / 4)  # 100
+    self.assertAllClose(autoattack.square_fraction(1, 100, p_init=0.5), 0.5)
+
+  def test_square_uses_the_schedule_it_is_given(self):
+    keras.utils.set_random_seed(1)
+    model = tiny_cnn((12, 12, 1), num_classes=5)
+    images = edge_images(8, (12, 12, 1))
+    labels = np.argmax(model(images), axis=1)
+    run = functools.partial(autoattack.square, model, images, labels, 0.05, queries=20)
+    self.assertAllEqual(run(), run(rescale_schedule=False))
+    self.assertNotAllClose(run(), run(rescale_schedule=True))
 
   def test_square_size(self):
     self.assertEqual(int(autoattack.square_size(0.8, 28, 28)), 25)  # round(25.04)
@@ -309,6 +348,62 @@ class LinearModelTest(tf.test.TestCase):
       correct = np.argmax(self.model(adversarial), axis=1) == self.labels
       self.assertFalse(np.any(~correct & self.robust))
       self.assertLess(correct.mean(), 1.0)
+
+
+class ReshuffledDatasetTest(tf.test.TestCase):
+  """A dataset that reshuffles on every pass: each attack of the ensemble must still
+  attack the examples the clean pass scored. A 10-class linear model decides the answer:
+  a third of the examples are misclassified, a third are breakable well within eps, a
+  third robust well beyond it (their smallest adversarial perturbation, min_t m_t /
+  ||w_y - w_t||_1, is computed exactly)."""
+
+  def test_every_attack_sees_the_examples_of_the_clean_pass(self):
+    rng = np.random.RandomState(5)
+    eps = 0.03
+    weights = rng.normal(0, 0.5, (16, 10)).astype(np.float32)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    model.layers[-1].set_weights([weights, np.zeros(10, np.float32)])
+    pool = rng.uniform(eps, 1 - eps, (2000, 4, 4, 1)).astype(np.float32)
+    logits = model(pool).numpy().astype(np.float64)
+    predicted = np.argmax(logits, axis=1)
+    rows = np.arange(len(pool))
+    dual = np.abs(weights[:, predicted].T[:, :, None] - weights[None]).sum(axis=1)
+    dual[rows, predicted] = 1.0
+    minimal = (logits[rows, predicted][:, None] - logits) / dual
+    minimal[rows, predicted] = np.inf
+    minimal = minimal.min(axis=1)
+    robust_pool = np.flatnonzero(minimal > 1.3 * eps)[:12]
+    breakable_pool = np.flatnonzero(minimal < 0.7 * eps)[:24]
+    chosen = np.concatenate([robust_pool, breakable_pool])
+    images = pool[chosen]
+    labels = predicted[chosen].copy()
+    labels[24:] = (labels[24:] + 1) % 10  # the last 12: misclassified
+    expected = np.arange(36) < 12
+    self.assertEqual(len(chosen), 36)
+    pairwise = np.abs(images[:, None] - images[None]).reshape(36, 36, -1).max(axis=2)
+    self.assertGreater(pairwise[~np.eye(36, dtype=bool)].min(), 2 * eps)  # identifiable
+
+    run = functools.partial(autoattack.run_autoattack, model, eps=eps, settings=SMALL,
+                            batch_size=8, progress=False, keep_adversarial=True, seed=2)
+    fixed = run(tf.data.Dataset.from_tensor_slices((images, labels)))
+    self.assertAllEqual(fixed.correct, expected)
+    reshuffling = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(
+        36, seed=0, reshuffle_each_iteration=True)
+    orders = [[int(label) for _, label in reshuffling] for _ in range(2)]
+    self.assertNotEqual(orders[0], orders[1])  # it does reshuffle
+    result = run(reshuffling)
+    # Which example the result calls i: the image its adversarial example lies within
+    # eps of (the clean image where nothing broke it).
+    gaps = np.abs(result.adversarial[:, None] - images[None]).reshape(36, 36, -1).max(axis=2)
+    example = np.argmin(gaps, axis=1)
+    self.assertLessEqual(gaps[np.arange(36), example].max(), eps + TOLERANCE)
+    self.assertCountEqual(example, range(36))  # a permutation
+    self.assertNotEqual(list(example), list(range(36)))
+    self.assertAllEqual(result.labels, labels[example])
+    self.assertAllEqual(result.after['clean'], fixed.after['clean'][example])
+    self.assertAllEqual(result.correct, fixed.correct[example])
+    self.assertAllEqual(result.correct, expected[example])
 
 
 class DigitsModelTest(tf.test.TestCase):

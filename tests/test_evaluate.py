@@ -4,8 +4,10 @@ Small convolutional nets are trained on scikit-learn's digits once for the modul
 standard one, and an adversarially trained one (PGD-5 at eps 0.1, finetuned from it).
 """
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -237,6 +239,37 @@ class EvaluateBinaryTest(tf.test.TestCase):
     self.assertIn('ERROR: rounded: The model gives no gradient', result.stderr)
     self.assertNotIn('Traceback', result.stderr)
     self.assertEmpty(os.listdir(self.output))
+
+
+class ReportTest(tf.test.TestCase):
+
+  def test_the_fast_ensemble_is_never_reported_as_autoattack(self):
+    # APGD-CE and APGD-T alone are not AutoAttack: the report must not call them that.
+    evaluated = evaluation.evaluate_models(
+        {'pgd_at': _FIXTURE['robust']}, _FIXTURE['test'], ['clean', 'autoattack_fast'],
+        EPS, num_examples=10, batch_size=10, progress=False)
+    run = evaluated.autoattack_runs['pgd_at']['autoattack_fast']
+    # A failed sanity check, to see how warnings name the ensemble.
+    evaluated = evaluation.Evaluation(evaluated.accuracies, {'pgd_at': {
+        'autoattack_fast': dataclasses.replace(run, warnings=['a check failed'])}})
+    output = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, output)
+    markdown = evaluation.write_report(output, evaluated, {'epsilon': EPS},
+                                       warnings=evaluated.warnings)
+    name = 'AutoAttack (fast: APGD-CE, APGD-T)'
+    self.assertEqual(re.findall(r'AutoAttack(?! \(fast: APGD-CE, APGD-T\))', markdown), [])
+    self.assertIn(f'| Model | Clean | {name} | Worst case |', markdown)
+    self.assertIn(f'## {name}, attack by attack', markdown)
+    self.assertIn(f'| pgd_at, {name} | ', markdown)
+    self.assertIn(f'WARNING: pgd_at: {name}: a check failed', markdown)
+    with open(os.path.join(output, 'results.json')) as f:
+      report = json.load(f)
+    self.assertEqual(set(report['pgd_at']), {'clean', 'autoattack_fast', 'worst_case'})
+    self.assertEqual(report['autoattack_runs']['pgd_at']['autoattack_fast']['name'], name)
+    self.assertEqual(list(report['autoattack_runs']['pgd_at']['autoattack_fast'][
+        'accuracy_after']), ['clean', 'apgd_ce', 'apgd_t'])
+    self.assertEqual(report['warnings'], [f'pgd_at: {name}: a check failed'])
+    self.assertEqual(evaluation.autoattack_title(evaluated.autoattack_runs), name)
 
 
 class ServingTest(tf.test.TestCase):
