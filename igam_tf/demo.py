@@ -70,6 +70,20 @@ def define_flags():
   flags.mark_flag_as_required('output_dir')
 
 
+def demo_settings(f, seed):
+  """What a demo's results.json records of the flags it ran with."""
+  return {'dataset': 'digits', 'source_classes': list(f.source_classes),
+          'target_classes': list(f.target_classes), 'epsilon': f.epsilon,
+          'pgd_step_size': f.epsilon / 4, 'batch_size': f.batch_size,
+          'teacher_steps': f.teacher_steps, 'finetune_steps': f.finetune_steps,
+          'student_steps': f.student_steps, 'adv_weight': f.adv_weight,
+          'diff_weight': f.diff_weight, 'seed': seed,
+          'student': (f'{f.student_architecture} {",".join(f.student_filters)} '
+                      f'({f.student_units_per_stage} unit/stage) {f.student_activation}'),
+          'teacher': 'madry_mnist (ReLU), PGD-10 trained on the source task',
+          'attacks': list(f.attacks), 'masking_examples': f.masking_examples}
+
+
 def run_demo(f, seed, root):
   """One whole demo with `seed`, in the folder `root`; returns its Markdown report."""
   start, timings = time.time(), {}
@@ -142,16 +156,7 @@ def run_demo(f, seed, root):
                           visualization.gradient_grid(models, images, labels))
   timings['evaluation'] = round(time.time() - began, 1)
   timings['total'] = round(time.time() - start, 1)
-  settings = {'dataset': 'digits', 'source_classes': list(f.source_classes),
-              'target_classes': list(f.target_classes), 'epsilon': eps,
-              'pgd_step_size': eps / 4, 'test_examples': test.num_examples,
-              'teacher_steps': f.teacher_steps, 'finetune_steps': f.finetune_steps,
-              'student_steps': f.student_steps, 'adv_weight': f.adv_weight,
-              'diff_weight': f.diff_weight, 'seed': seed,
-              'student': (f'{f.student_architecture} {",".join(f.student_filters)} '
-                          f'({f.student_units_per_stage} unit/stage) {f.student_activation}'),
-              'teacher': 'madry_mnist (ReLU), PGD-10 trained on the source task',
-              'masking_examples': f.masking_examples, 'seconds': timings}
+  settings = {**demo_settings(f, seed), 'test_examples': test.num_examples, 'seconds': timings}
   checked = (f'Gradient-masking checks (igam_tf/masking_checks.py, transfer attacks from the '
              f'standard student) ran on {f.masking_examples} examples: '
              + (f'{len(warnings)} warning(s) below.' if warnings else 'no warnings.')
@@ -204,14 +209,29 @@ def seeds_markdown(summary, seeds):
   return '\n'.join(lines) + '\n'
 
 
+def _has_results(path, settings):
+  """Whether `path` holds a finished demo's results with these settings (a rerun with
+  --seeds reuses them, as it reuses trained models)."""
+  if not os.path.exists(path):
+    return False
+  with open(path) as report:
+    recorded = json.load(report).get('settings', {})
+  if all(recorded.get(k) == v for k, v in settings.items()):
+    logging.info('Reusing %s (same settings)', path)
+    return True
+  return False
+
+
 def run_seeds(f, seeds):
   """The whole demo once per seed, then the summary over them; returns its Markdown."""
   root = f.output_dir.rstrip('/')
   reports = {}
   for seed in seeds:
-    run_demo(f, seed, f'{root}/seed_{seed}')
-    with open(f'{root}/seed_{seed}/results.json') as results:
-      reports[seed] = json.load(results)
+    results = f'{root}/seed_{seed}/results.json'
+    if not _has_results(results, demo_settings(f, seed)):
+      run_demo(f, seed, f'{root}/seed_{seed}')
+    with open(results) as report:
+      reports[seed] = json.load(report)
   summary = summarize_seeds(reports)
   markdown = seeds_markdown(summary, seeds)
   with open(os.path.join(root, 'results_over_seeds.json'), 'w') as out:
