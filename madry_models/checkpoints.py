@@ -129,6 +129,12 @@ def load_tf1_checkpoint(model, path):
   except tf.errors.OpError as error:  # e.g. an index whose .data-* file is missing
     raise CheckpointError(f'Cannot read the weights of {prefix} (is its .data-* file '
                           f'missing or incomplete?): {error.message}') from error
+  except IndexError as error:  # TF's reader on a truncated .data-* file
+    data_files = sorted(f for f in os.listdir(os.path.dirname(prefix) or '.')
+                        if f.startswith(os.path.basename(prefix) + '.data-'))
+    named = os.path.join(os.path.dirname(prefix), data_files[0]) if data_files else prefix
+    raise CheckpointError(f'Cannot read the weights of {prefix}: {named} is truncated or '
+                          f'incomplete ({error})') from error
   for name, variable in names.items():
     variable.assign(values[name].astype(np.float32))
   return prefix

@@ -132,6 +132,18 @@ class CheckpointErrorTest(tf.test.TestCase):
     os.remove(os.path.join(folder, 'checkpoint-70000.data-00000-of-00001'))
     self._assert_load_fails(_resnet(), folder, 'checkpoint-70000', '.data')
 
+  def test_truncated_data_file(self):
+    # TF's reader raises IndexError ("Read less bytes than requested") for this one.
+    folder = self._copy_of_cifar_folder()
+    data = os.path.join(folder, 'checkpoint-70000.data-00000-of-00001')
+    with open(data, 'rb') as f:
+      content = f.read()
+    with open(data, 'wb') as f:
+      f.write(content[:len(content) // 2])
+    self._assert_load_fails(_resnet(), folder, data, 'truncated')
+    with self.assertRaisesRegex(CheckpointError, 'truncated'):
+      madry_models.load_madry_resnet(folder)
+
   # --- Checkpoint and model disagree ---
 
   def test_missing_variables_are_listed(self):
