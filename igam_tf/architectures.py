@@ -12,6 +12,11 @@ from madry_models import SMALL_FILTERS
 
 ARCHITECTURES = ('madry_resnet', 'madry_mnist', 'simple_cnn')
 DEFAULT_ACTIVATIONS = {'madry_resnet': 'leaky_relu', 'madry_mnist': 'relu', 'simple_cnn': 'relu'}
+# (optimizer, learning rate) each trains with when neither is named: momentum SGD for
+# the BN ResNet (Madry's CIFAR recipe); Adam for the two nets without BN, which momentum
+# SGD at 0.1 does not train (the loss stays at ln K, or diverges).
+DEFAULT_TRAINING = {'madry_resnet': ('momentum', 0.1), 'madry_mnist': ('adam', 1e-3),
+                    'simple_cnn': ('adam', 3e-3)}
 
 
 def simple_cnn(num_classes, filters=(32, 64, 128), activation='relu', name='simple_cnn'):

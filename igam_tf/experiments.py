@@ -1,10 +1,11 @@
 """One function per training job (teacher finetuning, IGAM, each baseline): what the
 binaries run from their flags, and what the demo runs in sequence.
 
-Each job records its settings in its model folder (a restart must match them),
-builds its models inside the distribution strategy's scope, trains with
-`training.train` (checkpoints, resume, summaries, NaN stop) and saves the
-trained model with `model_io.save_model` for export and evaluation.
+Each job checks its data (at least one whole batch of two or more classes), builds
+its models inside the distribution strategy's scope, trains with `training.train`
+(checks the settings against those recorded in its model folder, records them once
+training starts; checkpoints, resume, summaries, NaN stop) and saves the trained
+model with `model_io.save_model` for export and evaluation.
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ import os
 
 from absl import logging
 import keras
+import numpy as np
 
 from igam_tf import baselines
 from igam_tf import data
@@ -61,6 +63,8 @@ class RunSettings:
   strategy: str = 'default'
   summary_every: int = 50
   verbose: object = 'auto'
+  # Settings (flag names) that may differ from those recorded in model_dir on resume.
+  resume_with_changes: tuple = ()
 
 
 @dataclasses.dataclass
@@ -100,6 +104,7 @@ def load_training_data(settings):
   classes = tuple(settings.classes or ())
   train_split = data.load_dataset(settings.dataset, 'train', data_dir=settings.data_dir,
                                   image_size=settings.image_size, classes=classes)
+  _check_trainable(train_split, settings)
   stream = data.make_pipeline(train_split, settings.batch_size, training=True,
                               augment=settings.augment, pixel_noise=settings.pixel_noise,
                               seed=settings.seed).repeat()
@@ -112,12 +117,33 @@ def load_training_data(settings):
   return train_split, stream, validation
 
 
+def _check_trainable(train_split, settings):
+  """Refuses a training split with fewer examples than one batch (the stream drops a
+  last partial batch, so `fit` would run no step and save an untrained model) or with
+  fewer than two classes."""
+  described = f'The training split of {train_split.name}'
+  if settings.classes:
+    described += f' with --classes={",".join(str(c) for c in settings.classes)}'
+  if train_split.num_classes < 2:
+    raise data.DataError(f'{described} has only {train_split.num_classes} class: a '
+                         f'classifier needs at least two (see --classes).')
+  count = train_split.num_examples
+  if count is None:  # a TFDS split filtered by classes: count up to one batch
+    count = int(train_split.dataset.take(settings.batch_size).reduce(
+        np.int64(0), lambda n, unused_example: n + 1))
+  if count < settings.batch_size:
+    raise data.DataError(
+        f'{described} has {count} examples, fewer than one batch '
+        f'(--batch_size={settings.batch_size}), so training would run no step: lower '
+        f'--batch_size to at most {count}, or train on more data.')
+
+
 def _run(model, stream, validation, run, config, gradient_models):
-  training.check_run_config(run.model_dir, config)
   return training.train(model, stream, model_dir=run.model_dir, total_steps=run.train_steps,
                         checkpoint_every=run.checkpoint_every, validation=validation,
                         gradient_models=gradient_models, summary_every=run.summary_every,
-                        verbose=run.verbose)
+                        verbose=run.verbose, run_config=config,
+                        resume_with_changes=tuple(run.resume_with_changes))
 
 
 def _config(**settings):

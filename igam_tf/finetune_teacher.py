@@ -23,6 +23,7 @@ def define_flags():
   flags.DEFINE_string('transform', '', 'Input transform from target images to the source\'s '
                       'input, e.g. channel_average,center_crop:28 (see igam_tf/transforms.py).')
   flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate of the new head.')
+  flag_groups.register_positive('learning_rate')
   flags.DEFINE_integer('source_num_classes', None, 'Classes of a Madry source checkpoint\'s '
                        'head; unset: read from the checkpoint.')
   flag_groups.define_teacher_bn_flag()
@@ -44,4 +45,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_groups.parse_flags)

@@ -2,7 +2,9 @@
 
 Only binaries import this module (flags are defined under their `__main__`);
 the converters take the parsed flag values as an argument and never read the
-global FLAGS themselves.
+global FLAGS themselves. Flag values that make no sense (a negative rate or
+weight, an epsilon outside [0, 1], one class) are refused when the flags are
+parsed, before any work; `parse_flags` reports them as a one-line error.
 """
 
 import functools
@@ -20,17 +22,38 @@ from igam_tf import teacher
 from igam_tf import training
 
 
+def _check_classes(classes):
+  try:
+    ids = [int(c) for c in classes]
+  except ValueError:
+    raise flags.ValidationError(f'--classes takes integer class ids, got '
+                                f'{",".join(classes)}') from None
+  if len(ids) == 1:
+    raise flags.ValidationError('--classes names one class: a classifier needs at least '
+                                'two (leave it unset for every class)')
+  return True
+
+
+def register_positive(name):
+  """Refuses a value of flag `name` that is not above 0 (None passes: unset)."""
+  flags.register_validator(name, lambda value: value is None or value > 0,
+                           message=f'--{name} must be positive')
+
+
 def define_data_flags(default_dataset='cifar10', default_batch_size=128):
   flags.DEFINE_string('dataset', default_dataset,
                       'mnist, fashion_mnist, cifar10, cifar100, digits, idx:DIR, '
                       'tiny_imagenet:DIR or npz:PATH (see igam_tf/data.py).')
   flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
-  flags.DEFINE_list('classes', [], 'Keep only these class ids, relabelled 0..K-1.')
+  flags.DEFINE_list('classes', [], 'Keep only these class ids (at least two), relabelled '
+                    '0..K-1.')
+  flags.register_validator('classes', _check_classes)
   flags.DEFINE_integer('image_size', None, 'Resize images to this square size.')
   flags.DEFINE_enum('augment', 'none', ['none', 'madry'],
                     'madry: pad, random crop and horizontal flip (Madry CIFAR).')
   flags.DEFINE_float('pixel_noise', 0.0, 'Uniform pixel noise U(-a, a) on the [0, 1] scale '
-                     '(the authors used 8/255 for CIFAR-10 -> CIFAR-100).')
+                     '(the authors used 8/255 for CIFAR-10 -> CIFAR-100).',
+                     lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('batch_size', default_batch_size, 'Global batch size.', lower_bound=1)
   flags.DEFINE_string('validation_split', 'test', 'Split evaluated at each checkpoint; '
                       'empty for none.')
@@ -46,23 +69,70 @@ def define_run_flags(default_steps=1000, default_checkpoint_every=100):
                        lower_bound=1)
   flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
                     'mirrored: all local GPUs; multi_worker_mirrored: machines in TF_CONFIG.')
-  flags.DEFINE_integer('summary_every', 50, 'Steps between TensorBoard scalars.')
+  flags.DEFINE_integer('summary_every', 50, 'Steps between TensorBoard scalars.',
+                       lower_bound=1)
+  flags.DEFINE_list('resume_with_changes', [], 'Settings (flag names) a rerun may change '
+                    'when it resumes the run in --model_dir, e.g. learning_rate after a NaN '
+                    'loss: the optimizers\' settings, the loss weights and train_steps, never '
+                    'the architecture or the data. Each change is recorded in the folder\'s '
+                    f'{training.RUN_HISTORY}.')
   flags.mark_flag_as_required('model_dir')
+  flags.register_multi_flags_validator(
+      ['train_steps', 'checkpoint_every'],
+      lambda v: v['train_steps'] is None or v['checkpoint_every'] is None
+      or v['train_steps'] % v['checkpoint_every'] == 0,
+      message='--train_steps must be a multiple of --checkpoint_every')
+  flags.register_validator('resume_with_changes', _check_resume_with_changes)
 
 
-def define_optimizer_flags(prefix='', optimizer='momentum', learning_rate=0.1,
+def _check_resume_with_changes(names):
+  try:
+    training.check_resume_with_changes(names)
+  except training.TrainingError as e:
+    raise flags.ValidationError(str(e)) from None
+  return True
+
+
+def define_optimizer_flags(prefix='', optimizer=None, learning_rate=None,
                            weight_decay=2e-4, help_owner='the student'):
+  """optimizer or learning_rate None: unset, the student architecture's own
+  (`optimizer_settings`)."""
+  unset = {'optimizer': '', 'learning_rate': ''}
+  if optimizer is None:
+    unset['optimizer'] = (' Unset: the student architecture\'s own, ' + ', '.join(
+        f'{name} at {rate:g} for {architecture}'
+        for architecture, (name, rate) in architectures.DEFAULT_TRAINING.items()) + '.')
+  if learning_rate is None:
+    unset['learning_rate'] = (
+        ' Unset: the student architecture\'s own with its optimizer (see --optimizer), '
+        'else ' + ', '.join(f'{rate:g} for {name}'
+                            for name, rate in optimization.DEFAULT_LEARNING_RATES.items())
+        + '.')
   flags.DEFINE_enum(f'{prefix}optimizer', optimizer, optimization.OPTIMIZERS,
-                    f'Optimizer of {help_owner}.')
+                    f'Optimizer of {help_owner}.{unset["optimizer"]}')
   flags.DEFINE_float(f'{prefix}learning_rate', learning_rate,
-                     f'Learning rate of {help_owner} (before any schedule).')
+                     f'Learning rate of {help_owner} (before any schedule).'
+                     f'{unset["learning_rate"]}')
+  register_positive(f'{prefix}learning_rate')
   flags.DEFINE_list(f'{prefix}lr_boundaries', [], f'Steps where the learning rate of '
                     f'{help_owner} changes, e.g. 40000,60000.')
   flags.DEFINE_list(f'{prefix}lr_values', [], 'The piecewise rates, one more than the '
                     'boundaries, e.g. 0.1,0.01,0.001.')
+  flags.register_validator(f'{prefix}lr_values', _check_rates)
   flags.DEFINE_float(f'{prefix}momentum', 0.9, f'Momentum of {help_owner} (momentum only).')
   flags.DEFINE_float(f'{prefix}weight_decay', weight_decay,
-                     f'L2 weight decay of {help_owner}\'s kernels.')
+                     f'L2 weight decay of {help_owner}\'s kernels.', lower_bound=0.0)
+
+
+def _check_rates(values):
+  try:
+    rates = [float(v) for v in values]
+  except ValueError:
+    raise flags.ValidationError(f'learning rates must be numbers, got {",".join(values)}'
+                                ) from None
+  if any(not rate > 0 for rate in rates):
+    raise flags.ValidationError('learning rates must be positive')
+  return True
 
 
 def define_student_flags(architecture='madry_resnet'):
@@ -95,13 +165,23 @@ def data_settings(f):
 def run_settings(f):
   return experiments.RunSettings(model_dir=f.model_dir, train_steps=f.train_steps,
                                  checkpoint_every=f.checkpoint_every, strategy=f.strategy,
-                                 summary_every=f.summary_every)
+                                 summary_every=f.summary_every,
+                                 resume_with_changes=tuple(f.resume_with_changes))
 
 
-def optimizer_settings(f, prefix=''):
+def optimizer_settings(f, prefix='', architecture=None):
+  """An unset optimizer is `architecture`'s own (architectures.DEFAULT_TRAINING); an
+  unset learning rate is the architecture's own with that optimizer, else the
+  optimizer's (optimization.DEFAULT_LEARNING_RATES)."""
   value = lambda name: getattr(f, prefix + name)
+  own_optimizer, own_rate = architectures.DEFAULT_TRAINING.get(architecture, (None, None))
+  optimizer = value('optimizer') or own_optimizer
+  learning_rate = value('learning_rate')
+  if learning_rate is None:
+    learning_rate = (own_rate if optimizer == own_optimizer
+                     else optimization.DEFAULT_LEARNING_RATES[optimizer])
   return experiments.OptimizerSettings(
-      optimizer=value('optimizer'), learning_rate=value('learning_rate'),
+      optimizer=optimizer, learning_rate=learning_rate,
       lr_boundaries=tuple(int(b) for b in value('lr_boundaries')),
       lr_values=tuple(float(v) for v in value('lr_values')),
       momentum=value('momentum'), weight_decay=value('weight_decay'))
@@ -114,6 +194,16 @@ def student_spec(f):
       filters=tuple(int(v) for v in f.student_filters) or None,
       units_per_stage=f.student_units_per_stage,
       input_normalization=f.student_input_normalization)
+
+
+def parse_flags(argv):
+  """app.run's flag parser: a bad flag value ends the binary with a one-line error
+  (absl's names the flag) before any work."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def reports_errors(main):

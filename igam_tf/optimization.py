@@ -3,6 +3,8 @@
 import keras
 
 OPTIMIZERS = ('momentum', 'sgd', 'adam')
+# The learning rate of each optimizer when none is given.
+DEFAULT_LEARNING_RATES = {'momentum': 0.1, 'sgd': 0.1, 'adam': 1e-3}
 
 
 def learning_rate_schedule(learning_rate, boundaries=(), values=()):

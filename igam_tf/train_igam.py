@@ -27,9 +27,11 @@ def define_flags():
                       'channel_average,center_crop:28 (a teacher folder holds its own).')
   flags.DEFINE_enum('gradient_of', 'xent', input_gradients.GRADIENT_OF,
                     'xent: the paper\'s text; true_prob: the authors\' code.')
-  flags.DEFINE_float('adv_weight', 1.0, 'Weight of L_adv (the paper\'s Table 5).')
+  flags.DEFINE_float('adv_weight', 1.0, 'Weight of L_adv (the paper\'s Table 5).',
+                     lower_bound=0.0)
   flags.DEFINE_float('diff_weight', 10.0, 'Weight of L_diff (the paper\'s Table 4), gradients '
-                     'on the 0..255 scale summed over the batch, as the authors\'.')
+                     'on the 0..255 scale summed over the batch, as the authors\'.',
+                     lower_bound=0.0)
   flags.DEFINE_integer('disc_every', 1, 'One discriminator step per this many student steps.',
                        lower_bound=1)
   flags.DEFINE_enum('disc_update', 'accumulate', igam.DISC_UPDATES, 'With --disc_every > 1: '
@@ -38,13 +40,15 @@ def define_flags():
   flags.DEFINE_enum('diff_window', 'crop', igam.DIFF_WINDOWS, 'With a center_crop teacher '
                     'transform: L_diff on the cropped maps, as the discriminator (crop), or on '
                     'the whole maps (full).')
-  flags.DEFINE_integer('igam_start_step', 0, 'Cross-entropy-only steps before IGAM starts.')
+  flags.DEFINE_integer('igam_start_step', 0, 'Cross-entropy-only steps before IGAM starts.',
+                       lower_bound=0)
   flag_groups.define_teacher_bn_flag()
   flags.DEFINE_integer('disc_blocks', 4, 'Discriminator conv blocks.', lower_bound=1)
   flags.DEFINE_integer('disc_filters', 8, 'Filters of the first block (doubling each block).')
   flag_groups.define_student_flags()
   flag_groups.define_optimizer_flags()
-  flag_groups.define_optimizer_flags('disc_', weight_decay=0.0, help_owner='the discriminator')
+  flag_groups.define_optimizer_flags('disc_', optimizer='momentum', learning_rate=0.1,
+                                     weight_decay=0.0, help_owner='the discriminator')
   flag_groups.define_data_flags()
   flag_groups.define_run_flags()
   flags.mark_flag_as_required('teacher')
@@ -59,12 +63,13 @@ def main(argv):
       disc_every=f.disc_every, disc_update=f.disc_update, diff_window=f.diff_window,
       igam_start_step=f.igam_start_step, teacher_bn=f.teacher_bn, disc_blocks=f.disc_blocks,
       disc_filters=f.disc_filters, disc_optimizer=flag_groups.optimizer_settings(f, 'disc_'))
-  experiments.train_igam(flag_groups.student_spec(f), f.teacher, flag_groups.data_settings(f),
-                         flag_groups.optimizer_settings(f), settings,
-                         flag_groups.run_settings(f), teacher_transform=f.teacher_transform)
+  experiments.train_igam(
+      flag_groups.student_spec(f), f.teacher, flag_groups.data_settings(f),
+      flag_groups.optimizer_settings(f, architecture=f.student_architecture), settings,
+      flag_groups.run_settings(f), teacher_transform=f.teacher_transform)
   print(f'IGAM student saved to {f.model_dir}')
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_groups.parse_flags)

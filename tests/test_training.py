@@ -1,7 +1,9 @@
 """The shared training loop: resume, NaN stop, run settings, TensorBoard, binary errors."""
 
 import glob
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,10 +114,200 @@ class ResumeTest(tf.test.TestCase):
 
   def test_rerun_with_other_settings_is_refused(self):
     model_dir = tempfile.mkdtemp()
-    training.check_run_config(model_dir, {'adv_weight': 2.0, 'classes': (1, 2)})
-    training.check_run_config(model_dir, {'adv_weight': 2.0, 'classes': (1, 2)})
-    with self.assertRaisesRegex(training.TrainingError, r'adv_weight: 2.0 there, 5.0 now'):
-      training.check_run_config(model_dir, {'adv_weight': 5.0, 'classes': (1, 2)})
+    config = {'igam': {'adv_weight': 2.0}, 'data': {'classes': (1, 2)}}
+    self.assertEqual(training.check_run_config(model_dir, config), [])  # nothing recorded
+    self.assertEmpty(os.listdir(model_dir))  # checking writes nothing
+    training.record_run_config(model_dir, config)
+    self.assertEqual(training.check_run_config(model_dir, config), [])
+    other = {'igam': {'adv_weight': 5.0}, 'data': {'classes': (1, 2)}}
+    with self.assertRaisesRegex(training.TrainingError, r'adv_weight: 2.0 there, 5.0 now.*'
+                                r'--resume_with_changes=adv_weight'):
+      training.check_run_config(model_dir, other)
+    self.assertEqual(training.check_run_config(model_dir, other, ('adv_weight',)),
+                     [('adv_weight', 2.0, 5.0)])
+    # The data (or the architecture) never changes on resume, named or not.
+    other_data = {'igam': {'adv_weight': 2.0}, 'data': {'classes': (1, 3)}}
+    with self.assertRaisesRegex(training.TrainingError, r'classes cannot change on resume'):
+      training.check_run_config(model_dir, other_data, ('adv_weight',))
+    with self.assertRaisesRegex(training.TrainingError,
+                                r'classes changes the model\'s architecture or its data'):
+      training.check_run_config(model_dir, other_data, ('classes',))
+    # Nor a constant learning rate into a schedule (the optimizer's saved state differs).
+    training.record_run_config(model_dir, {'optimizer': {'lr_boundaries': ()}})
+    with self.assertRaisesRegex(training.TrainingError, r'--lr_boundaries: .* constant'):
+      training.check_run_config(model_dir, {'optimizer': {'lr_boundaries': (5,)}},
+                                ('lr_boundaries',))
+
+  def test_resume_with_changes_records_them_and_uses_the_new_learning_rate(self):
+    model_dir = tempfile.mkdtemp()
+
+    def model(learning_rate):
+      keras.utils.set_random_seed(0)
+      made = StandardTraining(build_classifier('simple_cnn', 3, (12, 12, 3), filters=(4, 4)))
+      made.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9))
+      return made
+
+    config = lambda rate, steps: {'optimizer': {'learning_rate': rate}, 'train_steps': steps}
+    with self.assertRaisesRegex(training.TrainingError, 'multiple of the checkpoint'):
+      training.train(model(0.01), stream(), model_dir=model_dir, total_steps=3,
+                     checkpoint_every=2, verbose=0, run_config=config(0.01, 3))
+    self.assertEmpty(os.listdir(model_dir))  # a failed check records no settings
+    training.train(model(0.01), stream(), model_dir=model_dir, total_steps=2,
+                   checkpoint_every=2, verbose=0, run_config=config(0.01, 2))
+    with self.assertRaisesRegex(training.TrainingError, 'resume_with_changes=learning_rate'):
+      training.train(model(0.001), stream(), model_dir=model_dir, total_steps=2,
+                     checkpoint_every=2, verbose=0, run_config=config(0.001, 2))
+    resumed = model(0.001)
+    training.train(resumed, stream(), model_dir=model_dir, total_steps=4, checkpoint_every=2,
+                   verbose=0, run_config=config(0.001, 4),
+                   resume_with_changes=('learning_rate', 'train_steps'))
+    self.assertEqual(int(resumed.optimizer.iterations), 4)
+    # The checkpoint held 0.01; the run goes on at the rate it was given.
+    self.assertAllClose(float(resumed.optimizer.learning_rate), 0.001)
+    with open(os.path.join(model_dir, training.RUN_HISTORY)) as f:
+      self.assertEqual(json.load(f), [
+          {'step': 2, 'setting': 'learning_rate', 'old': 0.01, 'new': 0.001},
+          {'step': 2, 'setting': 'train_steps', 'old': 2, 'new': 4}])
+    with open(os.path.join(model_dir, training.RUN_CONFIG)) as f:
+      self.assertEqual(json.load(f), config(0.001, 4))
+
+
+  def test_settings_of_a_run_that_reached_no_checkpoint_are_replaced(self):
+    model_dir = tempfile.mkdtemp()
+
+    def model():
+      keras.utils.set_random_seed(0)
+      made = StandardTraining(build_classifier('simple_cnn', 3, (12, 12, 3), filters=(4, 4)))
+      made.compile(optimizer=keras.optimizers.SGD(0.01))
+      return made
+
+    config = lambda rate: {'optimizer': {'learning_rate': rate}}
+    with self.assertRaisesRegex(training.TrainingError, r'\(none yet\) is kept.*rerun to train '
+                                r'afresh'):
+      training.train(model(), stream(poison_from=0), model_dir=model_dir, total_steps=2,
+                     checkpoint_every=2, verbose=0, run_config=config(10.0))
+    training.train(model(), stream(), model_dir=model_dir, total_steps=2, checkpoint_every=2,
+                   verbose=0, run_config=config(0.01))  # nothing to resume: not refused
+    with open(os.path.join(model_dir, training.RUN_CONFIG)) as f:
+      self.assertEqual(json.load(f), config(0.01))
+    # A folder holding more (here a trained model) keeps its settings without checkpoints.
+    shutil.rmtree(os.path.join(model_dir, 'checkpoints'))
+    model_io.save_model(model_dir, build_classifier('simple_cnn', 3, (12, 12, 3), filters=(4,)),
+                        {})
+    with self.assertRaisesRegex(training.TrainingError, 'resume_with_changes=learning_rate'):
+      training.train(model(), stream(), model_dir=model_dir, total_steps=2,
+                     checkpoint_every=2, verbose=0, run_config=config(0.1))
+
+
+def _truncate(path, size=None):
+  with open(path, 'rb') as f:
+    content = f.read()
+  with open(path, 'wb') as f:
+    f.write(content[:len(content) // 2 if size is None else size])
+
+
+def _scramble(path):
+  with open(path, 'rb') as f:
+    content = bytearray(f.read())
+  for i in range(0, len(content), 7):
+    content[i] ^= 0xff
+  with open(path, 'wb') as f:
+    f.write(bytes(content))
+
+
+def folder_contents(folder):
+  """{relative path: bytes} of every file under `folder` (None for each folder)."""
+  contents = {}
+  for root, folders, names in os.walk(folder):
+    for name in folders:
+      contents[os.path.relpath(os.path.join(root, name), folder)] = None
+    for name in names:
+      with open(os.path.join(root, name), 'rb') as f:
+        contents[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+  return contents
+
+
+class DamagedCheckpointTest(tf.test.TestCase):
+  """A damaged newest checkpoint is skipped, with a warning, for the newest that restores."""
+
+  DATA, INDEX = 'ckpt-6.data-00000-of-00001', 'ckpt-6.index'
+  DAMAGES = {
+      'corrupt index': lambda d: _scramble(os.path.join(d, DamagedCheckpointTest.INDEX)),
+      'truncated index': lambda d: _truncate(os.path.join(d, DamagedCheckpointTest.INDEX)),
+      'emptied index': lambda d: _truncate(os.path.join(d, DamagedCheckpointTest.INDEX), 0),
+      'deleted index': lambda d: os.remove(os.path.join(d, DamagedCheckpointTest.INDEX)),
+      'corrupt data': lambda d: _scramble(os.path.join(d, DamagedCheckpointTest.DATA)),
+      'truncated data': lambda d: _truncate(os.path.join(d, DamagedCheckpointTest.DATA)),
+      'emptied data': lambda d: _truncate(os.path.join(d, DamagedCheckpointTest.DATA), 0),
+      'deleted data': lambda d: os.remove(os.path.join(d, DamagedCheckpointTest.DATA)),
+  }
+
+  @staticmethod
+  def model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = StandardTraining(build_classifier('simple_cnn', 3, (12, 12, 3), filters=(4, 4)))
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    return model
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.trained_dir = tempfile.mkdtemp()
+    cls.trained = cls.model()
+    training.train(cls.trained, stream(), model_dir=cls.trained_dir, total_steps=6,
+                   checkpoint_every=2, verbose=0)
+
+  def copy(self):
+    model_dir = os.path.join(tempfile.mkdtemp(), 'run')
+    shutil.copytree(self.trained_dir, model_dir)
+    return model_dir, os.path.join(model_dir, 'checkpoints')
+
+  def test_each_damage_of_the_newest_falls_back_to_the_one_before(self):
+    for damage, apply in self.DAMAGES.items():
+      with self.subTest(damage):
+        model_dir, checkpoints = self.copy()
+        apply(checkpoints)
+        keras.utils.set_random_seed(0)
+        data = stream()  # (made under the first run's global seed: the same order)
+        resumed = self.model(seed=1)  # a fresh process would start from other weights
+        with self.assertLogs(level='WARNING') as logs:
+          training.train(resumed, data, model_dir=model_dir, total_steps=6,
+                         checkpoint_every=2, verbose=0)
+        self.assertTrue(any('Skipped checkpoint' in line and 'ckpt-6' in line
+                            for line in logs.output), logs.output)
+        self.assertTrue(any('Resuming from' in line and 'ckpt-4' in line
+                            for line in logs.output), logs.output)
+        # Steps 5 and 6 trained again from ckpt-4: the same state as the first run's.
+        self.assertEqual(int(resumed.optimizer.iterations), 6)
+        for a, b in zip(self.trained.weights, resumed.weights):
+          self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+        self.assertEqual(os.path.basename(tf.train.latest_checkpoint(checkpoints)), 'ckpt-6')
+        tf.train.load_checkpoint(os.path.join(checkpoints, 'ckpt-6'))  # rewritten whole
+
+  def test_a_damaged_checkpoint_state_file_still_finds_the_checkpoints(self):
+    model_dir, checkpoints = self.copy()
+    with open(os.path.join(checkpoints, 'checkpoint'), 'w') as f:
+      f.write('{{{ not a checkpoint state')
+    resumed = self.model(seed=1)
+    history = training.train(resumed, stream(), model_dir=model_dir, total_steps=6,
+                             checkpoint_every=2, verbose=0)
+    self.assertEmpty(history.history)  # resumed from ckpt-6, not trained again from 0
+    self.assertEqual(int(resumed.optimizer.iterations), 6)
+
+  def test_no_checkpoint_restores_gives_one_line_error_and_changes_nothing(self):
+    model_dir, checkpoints = self.copy()
+    for name in os.listdir(checkpoints):
+      if name.startswith('ckpt-') and '.data-' in name:
+        _truncate(os.path.join(checkpoints, name))
+    before = folder_contents(model_dir)
+    with self.assertRaisesRegex(training.TrainingError, 'No checkpoint in .*checkpoints '
+                                'restores') as raised:
+      training.train(self.model(), stream(), model_dir=model_dir, total_steps=6,
+                     checkpoint_every=2, verbose=0, run_config={'a': 1})
+    self.assertNotIn('\n', str(raised.exception))
+    for name in ('ckpt-2', 'ckpt-4', 'ckpt-6'):
+      self.assertIn(name, str(raised.exception))
+    self.assertEqual(folder_contents(model_dir), before)
 
   def test_tensorboard_gets_every_loss_term_and_gradient_images(self):
     model_dir = tempfile.mkdtemp()

@@ -1,0 +1,227 @@
+"""Bad input to the training binaries, run as a user runs them: each gets a non-zero exit,
+a one-line ERROR naming the flag or file, no traceback, and its model folder as it was;
+a damaged checkpoint or a NaN loss leaves a way to resume; the defaults train."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from igam_tf import data
+from igam_tf import model_io
+from tests import tf1_reference
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A tiny run of train_baseline: 8 steps, checkpoints at 4 and 8.
+TINY = ('--method=standard', '--dataset=digits', '--classes=0,1', '--batch_size=16',
+        '--student_architecture=simple_cnn', '--student_filters=4,8', '--validation_split=',
+        '--checkpoint_every=4')
+
+
+def run_binary(binary, *argv):
+  return subprocess.run([sys.executable, '-m', f'igam_tf.{binary}', *argv], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+
+
+def folder_contents(folder):
+  """{relative path: bytes} of every file under `folder` (None for each folder)."""
+  contents = {}
+  for root, folders, names in os.walk(folder):
+    for name in folders:
+      contents[os.path.relpath(os.path.join(root, name), folder)] = None
+    for name in names:
+      with open(os.path.join(root, name), 'rb') as f:
+        contents[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+  return contents
+
+
+def truncate(path):
+  with open(path, 'rb') as f:
+    content = f.read()
+  with open(path, 'wb') as f:
+    f.write(content[:len(content) // 2])
+
+
+class ReliabilityTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    cls.trained = os.path.join(cls.root, 'trained')
+    result = run_binary('train_baseline', *TINY, '--train_steps=8', f'--model_dir={cls.trained}')
+    assert result.returncode == 0, result.stderr[-3000:]
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  def copy_of_trained(self):
+    model_dir = os.path.join(tempfile.mkdtemp(dir=self.root), 'run')
+    shutil.copytree(self.trained, model_dir)
+    return model_dir
+
+  def assert_refused(self, binary, argv, model_dir, *expected):
+    """The binary exits non-zero with one ERROR line holding each of `expected`, no
+    traceback, and `model_dir` exactly as it was."""
+    before = folder_contents(model_dir)
+    result = run_binary(binary, *argv, f'--model_dir={model_dir}')
+    self.assertNotEqual(result.returncode, 0, result.stdout[-2000:])
+    self.assertNotIn('Traceback', result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR:')]
+    self.assertLen(errors, 1, result.stderr[-3000:])
+    for part in expected:
+      self.assertIn(part, errors[0])
+    self.assertNotIn('saved', result.stdout)
+    self.assertEqual(folder_contents(model_dir), before)
+    return errors[0]
+
+  def test_a_training_split_smaller_than_one_batch_is_refused_by_every_binary(self):
+    # Digits 5 and 6 have 254 training examples: no whole batch of 256.
+    task = ('--dataset=digits', '--classes=5,6', '--batch_size=256', '--train_steps=10',
+            '--checkpoint_every=5')
+    expected = ('254 examples', 'fewer than one batch', '--batch_size=256')
+    model_dir = tempfile.mkdtemp(dir=self.root)
+    self.assert_refused('train_baseline', ('--method=standard', '--student_architecture='
+                                           'simple_cnn') + task, model_dir, *expected)
+    # The data are checked before the source or teacher is loaded.
+    self.assert_refused('finetune_teacher', (f'--source={self.trained}',) + task, model_dir,
+                        *expected)
+    self.assert_refused('train_igam', (f'--teacher={self.trained}',) + task, model_dir,
+                        *expected)
+
+  def test_a_failed_run_does_not_block_its_folder(self):
+    model_dir = os.path.join(tempfile.mkdtemp(dir=self.root), 'run')
+    os.makedirs(model_dir)
+    self.assert_refused('train_baseline', TINY + ('--train_steps=6',), model_dir,
+                        '--train_steps must be a multiple of --checkpoint_every')
+    self.assert_refused('train_baseline', TINY + ('--train_steps=4', '--batch_size=4096'),
+                        model_dir, '--batch_size=4096')
+    self.assertEmpty(os.listdir(model_dir))  # no settings recorded by the failed runs
+    result = run_binary('train_baseline', *TINY, '--train_steps=4', f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn('model saved', result.stdout)
+    with open(os.path.join(model_dir, 'run_config.json')) as f:
+      self.assertEqual(json.load(f)['train_steps'], 4)
+
+  def test_nan_loss_then_resume_with_a_lower_learning_rate(self):
+    model_dir = self.copy_of_trained()
+    longer = TINY + ('--train_steps=12',)
+    # Adam at 1e20: step 9 blows the weights up, and step 10's loss is not finite.
+    result = run_binary('train_baseline', *longer, '--learning_rate=1e20',
+                        '--resume_with_changes=learning_rate,train_steps',
+                        f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 1, result.stderr[-3000:])
+    self.assertNotIn('Traceback', result.stderr)
+    self.assertRegex(result.stderr, r'ERROR: The loss became NaN .*ckpt-8\) is kept.*'
+                     r'--resume_with_changes=learning_rate')
+    self.assertEqual(os.path.basename(tf.train.latest_checkpoint(
+        os.path.join(model_dir, 'checkpoints'))), 'ckpt-8')
+    # The advice followed without the flag: refused, naming the flag to use.
+    self.assert_refused('train_baseline', longer + ('--learning_rate=0.001',), model_dir,
+                        'learning_rate: 1e+20 there, 0.001 now',
+                        '--resume_with_changes=learning_rate')
+    result = run_binary('train_baseline', *longer, '--learning_rate=0.001',
+                        '--resume_with_changes=learning_rate', f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn('Resumed from', result.stderr)
+    self.assertIn('ckpt-8', result.stderr)
+    self.assertEqual(os.path.basename(tf.train.latest_checkpoint(
+        os.path.join(model_dir, 'checkpoints'))), 'ckpt-12')
+    with open(os.path.join(model_dir, 'run_history.json')) as f:
+      self.assertEqual(json.load(f), [
+          {'step': 8, 'setting': 'learning_rate', 'old': 0.003, 'new': 1e20},
+          {'step': 8, 'setting': 'train_steps', 'old': 8, 'new': 12},
+          {'step': 8, 'setting': 'learning_rate', 'old': 1e20, 'new': 0.001}])
+    with open(os.path.join(model_dir, 'run_config.json')) as f:
+      config = json.load(f)
+    self.assertEqual(config['optimizer']['learning_rate'], 0.001)
+    self.assertEqual(config['train_steps'], 12)
+    # The architecture or the data never change on resume, even when named.
+    self.assert_refused('train_baseline', longer + ('--resume_with_changes=student_filters',),
+                        model_dir, '--resume_with_changes', 'student_filters',
+                        'architecture or its data')
+
+  def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one(self):
+    model_dir = self.copy_of_trained()
+    checkpoints = os.path.join(model_dir, 'checkpoints')
+    truncate(os.path.join(checkpoints, 'ckpt-8.data-00000-of-00001'))
+    result = run_binary('train_baseline', *TINY, '--train_steps=8', f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertNotIn('Traceback', result.stderr)
+    self.assertRegex(result.stderr, r'Skipped checkpoint \S*ckpt-8: it does not restore')
+    self.assertRegex(result.stderr, r'Resuming from \S*ckpt-4')
+    tf.train.load_checkpoint(os.path.join(checkpoints, 'ckpt-8'))  # trained again, whole
+
+  def test_no_checkpoint_that_restores_is_a_one_line_error(self):
+    model_dir = self.copy_of_trained()
+    checkpoints = os.path.join(model_dir, 'checkpoints')
+    for name in os.listdir(checkpoints):
+      if '.data-' in name:
+        truncate(os.path.join(checkpoints, name))
+    self.assert_refused('train_baseline', TINY + ('--train_steps=8',), model_dir,
+                        f'No checkpoint in {checkpoints} restores', 'ckpt-4', 'ckpt-8')
+
+  def test_a_truncated_madry_checkpoint_is_a_one_line_error(self):
+    folder = os.path.join(self.root, 'madry_mnist')
+    prefix, _, _ = tf1_reference.build_madry_mnist_checkpoint(folder, batch_size=2)
+    data_file = prefix + '.data-00000-of-00001'
+    truncate(data_file)
+    self.assert_refused('finetune_teacher', (
+        f'--source=madry_mnist:{folder}', '--dataset=digits', '--classes=0,1',
+        '--batch_size=16', '--train_steps=2', '--checkpoint_every=2'),
+        tempfile.mkdtemp(dir=self.root), data_file, 'truncated')
+
+  def test_nonsense_flags_are_refused_before_any_work(self):
+    model_dir = self.copy_of_trained()
+    baseline = TINY + ('--train_steps=8',)
+    igam = ('--teacher=/no/such/teacher', '--dataset=digits')
+    cases = [
+        ('train_baseline', ('--method=pgd_at', '--epsilon=1.5'), '--epsilon'),
+        ('train_baseline', ('--method=pgd_at', '--epsilon=-0.1'), '--epsilon'),
+        ('train_baseline', ('--method=pgd_at', '--pgd_steps=0'), '--pgd_steps'),
+        ('train_baseline', ('--method=pgd_at', '--pgd_step_size=0'), '--pgd_step_size'),
+        ('train_baseline', ('--method=pgd_at', '--pgd_step_size=-0.01'), '--pgd_step_size'),
+        ('train_baseline', ('--learning_rate=-0.1',), '--learning_rate'),
+        ('train_baseline', ('--weight_decay=-1e-4',), '--weight_decay'),
+        ('train_baseline', ('--method=grad_norm', '--penalty_weight=-1'), '--penalty_weight'),
+        ('train_baseline', ('--source=madry_mnist:x',), '--source'),
+        ('train_baseline', ('--method=pgd_at', '--transform=resize:28'), '--transform'),
+        ('train_baseline', ('--classes=5',), '--classes'),
+        ('train_igam', igam + ('--adv_weight=-1',), '--adv_weight'),
+        ('train_igam', igam + ('--diff_weight=-10',), '--diff_weight'),
+        ('finetune_teacher', ('--source=/no/such/source', '--learning_rate=-1e-3'),
+         '--learning_rate'),
+    ]
+    for binary, argv, flag in cases:
+      with self.subTest(f'{binary} {" ".join(argv)}'):
+        argv = (baseline + argv) if binary == 'train_baseline' else argv
+        self.assert_refused(binary, argv, model_dir, flag)
+
+  def test_the_default_optimizer_trains_simple_cnn(self):
+    # Only the step flags: the architecture's own optimizer and learning rate.
+    model_dir = os.path.join(tempfile.mkdtemp(dir=self.root), 'run')
+    result = run_binary('train_baseline', '--method=standard', '--dataset=digits',
+                        '--classes=0,1,2', '--student_architecture=simple_cnn',
+                        '--train_steps=40', '--checkpoint_every=40', f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    model, _ = model_io.load_model(model_dir)
+    correct = total = 0
+    train = data.load_dataset('digits', 'train', classes=(0, 1, 2))
+    for images, labels in data.make_pipeline(train, 256, training=False):
+      correct += int(np.sum(np.argmax(model(images), axis=-1) == labels.numpy()))
+      total += len(labels)
+    self.assertEqual(total, train.num_examples)
+    # Chance is 1/3; momentum SGD at 0.1, the old default, is still near it here.
+    self.assertGreater(correct / total, 0.75)
+
+
+if __name__ == '__main__':
+  tf.test.main()
