@@ -1,11 +1,20 @@
 """The baselines' options that follow the paper's schedule or Madry's code."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from igam_tf import baselines
 from igam_tf.architectures import build_classifier
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def batch(size=8, seed=0):
@@ -61,6 +70,39 @@ class BaselinesTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, '--pgd_bn must be one of'):
       baselines.PGDAdversarialTraining(with_bn, epsilon=0.1, step_size=0.05, steps=1,
                                        pgd_bn='train')
+
+
+class BatchStatisticsBinaryTest(tf.test.TestCase):
+  """--pgd_bn=batch and --teacher_bn=batch through the binaries, as a user runs them."""
+
+  def test_binaries_train_with_batch_statistics(self):
+    root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+    common = ['--dataset=digits', '--batch_size=16', '--train_steps=2', '--checkpoint_every=2',
+              '--validation_split=']
+    student = ['--student_architecture=madry_resnet', '--student_filters=4,4,8,8',
+               '--student_units_per_stage=1']
+    steps = [
+        ('train_baseline', student + ['--method=pgd_at', '--pgd_bn=batch', '--classes=0,1,2',
+                            '--epsilon=0.1', '--pgd_step_size=0.05', f'--model_dir={root}/src']),
+        ('finetune_teacher', [f'--source={root}/src', '--teacher_bn=batch', '--classes=5,6,7',
+                              f'--model_dir={root}/teacher']),
+        ('train_igam', student + [f'--teacher={root}/teacher', '--teacher_bn=batch', '--classes=5,6,7',
+                        f'--model_dir={root}/igam']),
+    ]
+    for binary, argv in steps:
+      result = subprocess.run(
+          [sys.executable, '-m', f'igam_tf.{binary}', *common, *argv], cwd=REPO,
+          capture_output=True, text=True, timeout=300,
+          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+      self.assertEqual(result.returncode, 0, f'{binary}: {result.stderr[-3000:]}')
+    with open(os.path.join(root, 'teacher', 'model.json')) as f:
+      self.assertEqual(json.load(f)['batch_norm'], 'batch')
+    for run, key, value in (('src', 'baseline', 'batch'), ('igam', 'igam', 'batch')):
+      with open(os.path.join(root, run, 'run_config.json')) as f:
+        config = json.load(f)
+      self.assertEqual(config[key]['pgd_bn' if run == 'src' else 'teacher_bn'], value)
+    self.assertTrue(os.path.exists(os.path.join(root, 'igam', 'model.json')))
 
 
 if __name__ == '__main__':

@@ -43,6 +43,16 @@ def fixed_batch(size=16, seed=0):
           tf.constant(rng.randint(0, 3, size)))
 
 
+def discriminator_kernel_per_step(model, images, labels, steps):
+  """The discriminator's first kernel before training and after each of `steps` steps."""
+  kernel = model.discriminator.trainable_weights[0]
+  snapshots = [kernel.numpy().copy()]
+  for _ in range(steps):
+    model.train_on_batch(images, labels)
+    snapshots.append(kernel.numpy().copy())
+  return snapshots
+
+
 def values(variables):
   return [v.numpy().copy() for v in variables]
 
@@ -108,11 +118,7 @@ class IGAMTest(tf.test.TestCase):
   def test_discriminator_steps_once_per_disc_every_student_steps(self):
     images, labels = fixed_batch()
     model = make_igam(disc_every=3, diff_weight=1e5)
-    kernel = model.discriminator.trainable_weights[0]
-    snapshots = [kernel.numpy().copy()]
-    for _ in range(6):
-      model.train_on_batch(images, labels)
-      snapshots.append(kernel.numpy().copy())
+    snapshots = discriminator_kernel_per_step(model, images, labels, steps=6)
     changed = [not np.array_equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
     self.assertEqual(changed, [False, False, True, False, False, True])
 
@@ -176,11 +182,7 @@ class IGAMTest(tf.test.TestCase):
   def test_current_batch_discriminator_steps_on_its_own_batch(self):
     images, labels = fixed_batch()
     model = make_igam(disc_every=3, disc_update='current_batch', diff_weight=1e5)
-    kernel = model.discriminator.trainable_weights[0]
-    snapshots = [kernel.numpy().copy()]
-    for _ in range(6):
-      model.train_on_batch(images, labels)
-      snapshots.append(kernel.numpy().copy())
+    snapshots = discriminator_kernel_per_step(model, images, labels, steps=6)
     changed = [not np.array_equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
     self.assertEqual(changed, [True, False, False, True, False, False])
     # Its first step is the step an every-step discriminator takes on that batch.

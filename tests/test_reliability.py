@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from igam_tf import data
 from igam_tf import model_io
+from tests.folder_fixtures import folder_contents
 from tests import tf1_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,18 +28,6 @@ def run_binary(binary, *argv):
   return subprocess.run([sys.executable, '-m', f'igam_tf.{binary}', *argv], cwd=REPO,
                         capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
-
-
-def folder_contents(folder):
-  """{relative path: bytes} of every file under `folder` (None for each folder)."""
-  contents = {}
-  for root, folders, names in os.walk(folder):
-    for name in folders:
-      contents[os.path.relpath(os.path.join(root, name), folder)] = None
-    for name in names:
-      with open(os.path.join(root, name), 'rb') as f:
-        contents[os.path.relpath(os.path.join(root, name), folder)] = f.read()
-  return contents
 
 
 def truncate(path):

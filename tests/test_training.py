@@ -20,6 +20,7 @@ from igam_tf.baselines import StandardTraining
 from igam_tf.discriminator import build_discriminator
 from igam_tf.igam import IGAM
 from igam_tf.teacher import Teacher
+from tests.folder_fixtures import folder_contents
 from tests import tf1_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,18 +214,6 @@ def _scramble(path):
     content[i] ^= 0xff
   with open(path, 'wb') as f:
     f.write(bytes(content))
-
-
-def folder_contents(folder):
-  """{relative path: bytes} of every file under `folder` (None for each folder)."""
-  contents = {}
-  for root, folders, names in os.walk(folder):
-    for name in folders:
-      contents[os.path.relpath(os.path.join(root, name), folder)] = None
-    for name in names:
-      with open(os.path.join(root, name), 'rb') as f:
-        contents[os.path.relpath(os.path.join(root, name), folder)] = f.read()
-  return contents
 
 
 class DamagedCheckpointTest(tf.test.TestCase):

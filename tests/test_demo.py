@@ -1,0 +1,62 @@
+"""The demo over several seeds, through its binary: one run per seed, the summary's mean
+and range from their reports, and a rerun that reuses them."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import tensorflow as tf
+
+from igam_tf import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--teacher_steps=2', '--finetune_steps=2', '--student_steps=2', '--batch_size=8',
+        '--attacks=clean,fgsm', '--masking_examples=0']
+
+
+def run_demo(output_dir, *flags):
+  return subprocess.run([sys.executable, '-m', 'igam_tf.demo', f'--output_dir={output_dir}',
+                         *TINY, *flags], cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+
+
+class DemoSeedsTest(tf.test.TestCase):
+
+  def test_summarize_seeds(self):
+    reports = {0: {'igam': {'clean': 90.0, 'fgsm': 40.0}, 'settings': {}, 'warnings': []},
+               1: {'igam': {'clean': 94.0, 'fgsm': 50.0}, 'only_here': {'clean': 1.0}}}
+    self.assertEqual(demo.summarize_seeds(reports), {'igam': {
+        'clean': {'mean': 92.0, 'min': 90.0, 'max': 94.0},
+        'fgsm': {'mean': 45.0, 'min': 40.0, 'max': 50.0}}})
+
+  def test_seeds_run_each_seed_and_summarize_them(self):
+    output = tempfile.mkdtemp()
+    result = run_demo(output, '--seeds=3,4')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    reports = {}
+    for seed in (3, 4):
+      with open(os.path.join(output, f'seed_{seed}', 'results.json')) as f:
+        reports[seed] = json.load(f)
+      self.assertEqual(reports[seed]['settings']['seed'], seed)
+    with open(os.path.join(output, 'results_over_seeds.json')) as f:
+      summary = json.load(f)
+    self.assertEqual(summary['seeds'], [3, 4])
+    self.assertLen(summary['summary'], 6)
+    for model, row in summary['summary'].items():
+      values = [reports[seed][model]['fgsm'] for seed in (3, 4)]
+      self.assertEqual(row['fgsm']['min'], min(values))
+      self.assertEqual(row['fgsm']['max'], max(values))
+      self.assertAlmostEqual(row['fgsm']['mean'], sum(values) / 2, places=2)
+    self.assertIn('mean (min-max)', result.stdout)
+    # A rerun reuses each seed's finished results instead of attacking again.
+    written = os.path.getmtime(os.path.join(output, 'seed_3', 'results.json'))
+    again = run_demo(output, '--seeds=3,4')
+    self.assertEqual(again.returncode, 0, again.stderr[-3000:])
+    self.assertIn('Reusing', again.stderr)
+    self.assertEqual(os.path.getmtime(os.path.join(output, 'seed_3', 'results.json')), written)
+
+
+if __name__ == '__main__':
+  tf.test.main()
