@@ -75,14 +75,22 @@ def load_model(model_dir):
   if not os.path.exists(spec_path):
     raise ModelError(f'{model_dir!r} is not a trained model folder: it has no {SPEC_FILE} '
                      f'(training writes it when it finishes)')
-  with open(spec_path) as f:
-    spec = json.load(f)
-  model = build_model(spec)
+  try:
+    with open(spec_path) as f:
+      spec = json.load(f)
+    model = build_model(spec)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ModelError(f'{spec_path} is not a model spec this project wrote ({_reason(e)}); '
+                     f'train the model again, or restore the file') from None
   try:
     model.load_weights(os.path.join(model_dir, WEIGHTS_FILE))
   except (ValueError, OSError, FileNotFoundError) as e:
     raise ModelError(f'Cannot load the weights in {model_dir!r}: {e}') from e
   return model, spec
+
+
+def _reason(error):
+  return f'no {error}' if isinstance(error, KeyError) else str(error).splitlines()[0]
 
 
 def load_source(source, num_classes=None, filters=None, units_per_stage=None):

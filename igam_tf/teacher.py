@@ -29,6 +29,10 @@ def source_features(source, images, batch_statistics=False):
                    f'keras.Sequential')
 
 
+def _dims(shape):
+  return 'x'.join('?' if d is None else str(d) for d in shape)
+
+
 class Teacher(keras.Model):
   """transform -> frozen source features -> new K-way head.
 
@@ -50,6 +54,28 @@ class Teacher(keras.Model):
         else TeacherTransform(transform)
     self.head = keras.layers.Dense(num_classes, name=HEAD_NAME)
     self.num_classes, self.batch_norm = num_classes, batch_norm
+
+  def build(self, input_shape):
+    """Refuses student images the transform or the source cannot take, in one line
+    (before Keras would fail deep inside a layer)."""
+    shape = self.transform.output_image_shape(tuple(input_shape)[1:])
+    expected = getattr(self.source, 'input_image_shape', None)
+    if isinstance(self.source, keras.Sequential) and self.source.inputs:
+      expected = tuple(self.source.inputs[0].shape[1:])
+    try:
+      # TF would run a 3-channel image through a 1-channel conv as a grouped conv,
+      # silently, so channels are compared; the rest by a forward pass of one image.
+      fits = not expected or expected[-1] == shape[-1]
+      fits = fits and self.source(keras.ops.zeros((1,) + shape)) is not None
+    except Exception:  # pylint: disable=broad-except  # any layer's shape error
+      fits = False
+    if not fits:
+      takes = f'takes {_dims(expected)} images' if expected else 'cannot take them'
+      made = (f'the transform {self.transform.spec!r} makes them {_dims(shape)}'
+              if self.transform.spec else 'there is no transform')
+      raise ValueError(f'The teacher\'s source model {takes}: the task\'s images are '
+                       f'{_dims(tuple(input_shape)[1:])} and {made} (see --transform, e.g. '
+                       f'channel_average, resize:N or center_crop:N)')
 
   def call(self, images, training=False):
     features = source_features(self.source, self.transform(images, training=training),

@@ -14,18 +14,27 @@ import keras
 import tensorflow as tf
 
 
+def _positive(name, value):
+  if value < 1:
+    raise ValueError(f'{name}:{value}: the size must be a positive integer')
+  return value
+
+
 class ChannelAverage(keras.layers.Layer):
   """RGB -> gray: the mean over channels (CIFAR images for an MNIST teacher)."""
 
   def call(self, x):
     return tf.reduce_mean(x, axis=-1, keepdims=True)
 
+  def compute_output_shape(self, input_shape):
+    return tuple(input_shape[:-1]) + (1,)
+
 
 class CenterCrop(keras.layers.Layer):
 
   def __init__(self, size, **kwargs):
     super().__init__(**kwargs)
-    self.size = size
+    self.size = _positive('center_crop', size)
 
   def call(self, x):
     return tf.image.crop_to_bounding_box(x, *self.window(x.shape[1], x.shape[2])[:2],
@@ -37,16 +46,23 @@ class CenterCrop(keras.layers.Layer):
       raise ValueError(f'center_crop:{self.size} is larger than the {height}x{width} input')
     return (height - self.size) // 2, (width - self.size) // 2, self.size, self.size
 
+  def compute_output_shape(self, input_shape):
+    self.window(input_shape[1], input_shape[2])
+    return (input_shape[0], self.size, self.size, input_shape[3])
+
 
 class Resize(keras.layers.Layer):
   """Bilinear resize, up or down."""
 
   def __init__(self, size, **kwargs):
     super().__init__(**kwargs)
-    self.size = size
+    self.size = _positive('resize', size)
 
   def call(self, x):
     return tf.image.resize(x, (self.size, self.size), method='bilinear')
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.size, self.size, input_shape[3])
 
 
 class AveragePoolDownsize(keras.layers.Layer):
@@ -54,10 +70,25 @@ class AveragePoolDownsize(keras.layers.Layer):
 
   def __init__(self, factor=2, **kwargs):
     super().__init__(**kwargs)
-    self.factor = factor
+    self.factor = _positive('avg_pool', factor)
 
   def call(self, x):
     return tf.nn.avg_pool2d(x, self.factor, self.factor, 'VALID')
+
+  def compute_output_shape(self, input_shape):
+    batch, height, width, channels = input_shape
+    if min(height, width) < self.factor:
+      raise ValueError(f'avg_pool:{self.factor} needs an input of at least {self.factor}x'
+                       f'{self.factor}, got {height}x{width}')
+    return (batch, height // self.factor, width // self.factor, channels)
+
+
+def _padded_shape(name, size, input_shape):
+  batch, height, width, channels = input_shape
+  if size < max(height, width):
+    raise ValueError(f'{name}:{size} is smaller than the {height}x{width} input: a pad '
+                     f'must be at least as large as the image')
+  return (batch, size, size, channels)
 
 
 class CenterPad(keras.layers.Layer):
@@ -65,7 +96,10 @@ class CenterPad(keras.layers.Layer):
 
   def __init__(self, size, **kwargs):
     super().__init__(**kwargs)
-    self.size = size
+    self.size = _positive('center_pad', size)
+
+  def compute_output_shape(self, input_shape):
+    return _padded_shape('center_pad', self.size, input_shape)
 
   def call(self, x):
     top, left = (self.size - x.shape[1]) // 2, (self.size - x.shape[2]) // 2
@@ -78,7 +112,10 @@ class RandomPad(keras.layers.Layer):
 
   def __init__(self, size, seed=0, **kwargs):
     super().__init__(**kwargs)
-    self.size, self.seed = size, seed
+    self.size, self.seed = _positive('random_pad', size), seed
+
+  def compute_output_shape(self, input_shape):
+    return _padded_shape('random_pad', self.size, input_shape)
 
   def build(self, input_shape):
     # Counts the training calls that drew offsets. A weight, so checkpoints keep it and
@@ -113,12 +150,16 @@ class TransposeConv(keras.layers.Layer):
 
   def __init__(self, channels=3, **kwargs):
     super().__init__(**kwargs)
-    self.channels = channels
+    self.channels = _positive('transpose_conv', channels)
     self.deconv = keras.layers.Conv2DTranspose(channels, 3, strides=2, padding='same',
                                                name='deconv')
 
   def call(self, x):
     return self.deconv(x)
+
+  def compute_output_shape(self, input_shape):
+    batch, height, width, _ = input_shape
+    return (batch, 2 * height, 2 * width, self.channels)
 
 
 _TRANSFORMS = {
@@ -174,9 +215,23 @@ class TeacherTransform(keras.layers.Layer):
         spatial_change = True
     return window
 
+  def compute_output_shape(self, input_shape):
+    shape = tuple(input_shape)
+    for step in self.steps:
+      shape = step.compute_output_shape(shape)
+    return shape
+
   def output_image_shape(self, student_shape):
-    x = keras.KerasTensor((1,) + tuple(student_shape))
-    return tuple(keras.ops.shape(self.compute_output_spec(x))[1:])
+    """The teacher's image shape for student images of shape (H, W, C); a transform that
+    cannot take them (a crop larger than the image, a pad smaller) raises ValueError."""
+    if len(student_shape) != 3:
+      raise ValueError(f'The teacher transform takes (height, width, channels) images, got '
+                       f'shape {tuple(student_shape)}')
+    try:
+      return tuple(int(d) for d in self.compute_output_shape((1,) + tuple(student_shape))[1:])
+    except ValueError as e:
+      raise ValueError(f'Teacher transform {self.spec!r} on {"x".join(map(str, student_shape))}'
+                       f' images: {e}') from None
 
   def get_config(self):
     return {**super().get_config(), 'spec': self.spec}

@@ -26,6 +26,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import socket
 import sys
 import zipfile
@@ -199,13 +200,23 @@ def fetch(name, directory, url=None, timeout=60.0, expected_sha256=None,
   if not check.verified:
     logging.warning('%s: %s', zip_path, check.verification)
 
+  # Extracted aside and moved into place only once a checkpoint is found in it, so a
+  # zip that is not a release leaves no half-made folder (and keeps a good one).
   extract_dir = os.path.join(directory, name)
-  names = _safe_extract(zip_path, extract_dir)
-  folder = _checkpoint_folder(names, rel.folder, zip_path)
+  staging = extract_dir + '.partial'
+  shutil.rmtree(staging, ignore_errors=True)
+  names = _safe_extract(zip_path, staging)
   try:
-    checkpoint = resolve_checkpoint(os.path.join(extract_dir, *folder.split('/')))
-  except CheckpointError as e:
-    raise FetchError(f'{zip_path} was extracted, but: {e}') from None
+    folder = _checkpoint_folder(names, rel.folder)
+    resolve_checkpoint(os.path.join(staging, *folder.split('/')))
+  except (FetchError, CheckpointError) as e:
+    shutil.rmtree(staging, ignore_errors=True)
+    bad = _set_aside(zip_path)
+    raise FetchError(f'{zip_path} is not a usable {name} release: {e} Nothing was '
+                     f'extracted; moved it to {bad}.') from None
+  shutil.rmtree(extract_dir, ignore_errors=True)
+  os.replace(staging, extract_dir)
+  checkpoint = resolve_checkpoint(os.path.join(extract_dir, *folder.split('/')))
   return FetchResult(name=name, kind=rel.kind, zip_path=zip_path, sha256=check.sha256,
                      git_blob_sha1=check.git_blob_sha1, verified=check.verified,
                      verification=check.verification, source=source,
@@ -378,7 +389,7 @@ def _safe_extract(zip_path, extract_dir):
   return names
 
 
-def _checkpoint_folder(names, expected, zip_path):
+def _checkpoint_folder(names, expected):
   """The zip folder (posix) holding the checkpoint: `expected`, or the only one."""
   folders = sorted({posixpath.dirname(n) for n in names
                     if posixpath.basename(n) == 'checkpoint' or n.endswith('.index')})
@@ -387,7 +398,7 @@ def _checkpoint_folder(names, expected, zip_path):
   if len(folders) == 1:
     return folders[0]
   raise FetchError(
-      f'{zip_path} holds no single checkpoint folder'
+      f'it holds no single checkpoint folder'
       + (f' (expected {expected!r})' if expected else '')
       + f'; checkpoint folders found: {folders or "none"}.')
 

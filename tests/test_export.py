@@ -217,6 +217,15 @@ class ExportClassifierTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'expected to be a int64'):
       input_gradients(images=images, labels=tf.cast(labels, tf.int32))
 
+  def test_an_empty_batch_gives_empty_outputs(self):
+    loaded = tf.saved_model.load(self.export_dirs['resnet'])
+    served = loaded.signatures['serving_default'](images=tf.zeros((0, 32, 32, 3)))
+    self.assertEqual(served['logits'].shape, (0, 10))
+    self.assertEqual(served['classes'].shape, (0,))
+    gradients = loaded.signatures['input_gradients'](
+        images=tf.zeros((0, 32, 32, 3)), labels=tf.zeros((0,), tf.int64))['gradients']
+    self.assertEqual(gradients.shape, (0, 32, 32, 3))
+
   def test_refuses_to_overwrite_unless_asked(self):
     model = self.models['mnist']
     export_dir = os.path.join(new_folder(self), 'export')

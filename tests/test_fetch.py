@@ -479,6 +479,25 @@ class FetchTest(tf.test.TestCase):
     self._check_checkpoint(result.stdout.splitlines()[-1])
     self.assertEmpty(self.handler.requests)
 
+  def test_zip_without_a_checkpoint_leaves_nothing_extracted(self):
+    # A sound zip that is not a release, used with --allow_unverified: refused whole,
+    # with no half-extracted folder, the zip kept beside the cache.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w') as archive:
+      archive.writestr('readme.txt', b'not a checkpoint')
+    manual = fetch_lib.cache_path(self.dir, NAME)
+    os.makedirs(os.path.dirname(manual))
+    with open(manual, 'wb') as f:
+      f.write(buffer.getvalue())
+    offline = (f'--model={NAME}', f'--dir={self.dir}',
+               f'--url=http://127.0.0.1:{_closed_port()}/adv_trained.zip', '--allow_unverified')
+    line = self._error_line(self._run_binary(*offline))
+    for part in (f'ERROR: {manual} is not a usable {NAME} release',
+                 'holds no single checkpoint folder', 'Nothing was extracted',
+                 f'moved it to {manual}.bad'):
+      self.assertIn(part, line)
+    self._assert_nothing_kept(manual + '.bad')
+
   def test_zip_placed_by_hand_with_wrong_blob_id_is_refused(self):
     self.publish(self.traversal_zip)
     manual = fetch_lib.cache_path(self.dir, NAME)

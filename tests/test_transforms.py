@@ -4,6 +4,8 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
+import madry_models
+from igam_tf import teacher
 from igam_tf import transforms
 
 
@@ -104,6 +106,8 @@ class TransformTest(tf.test.TestCase, parameterized.TestCase):
       ('center_crop', 'needs a size'),
       ('channel_average:3', 'takes no argument'),
       ('resize:big', 'Bad argument'),
+      ('resize:0', 'resize:0: the size must be a positive integer'),
+      ('center_pad:-3', 'must be a positive integer'),
   )
   def test_bad_specs_name_the_problem(self, spec, message):
     with self.assertRaisesRegex(ValueError, message):
@@ -114,6 +118,30 @@ class TransformTest(tf.test.TestCase, parameterized.TestCase):
       transforms.TeacherTransform('resize:64,center_crop:56').gradient_window((32, 32, 3))
     with self.assertRaisesRegex(ValueError, 'larger than'):
       transforms.TeacherTransform('center_crop:40').gradient_window((32, 32, 3))
+
+  @parameterized.parameters(
+      ('center_crop:40', (32, 32, 3), 'center_crop:40 is larger than the 32x32 input'),
+      ('center_pad:28', (32, 32, 3), 'center_pad:28 is smaller than the 32x32 input'),
+      ('random_pad:16', (32, 32, 3), 'random_pad:16 is smaller than the 32x32 input'),
+      ('avg_pool:4', (2, 2, 1), 'avg_pool:4 needs an input of at least 4x4'),
+  )
+  def test_sizes_that_do_not_fit_the_images_are_refused_by_shape(self, spec, shape, message):
+    with self.assertRaisesRegex(ValueError, f"Teacher transform '{spec}' on .*{message}"):
+      transforms.TeacherTransform(spec).output_image_shape(shape)
+
+  def test_a_teacher_refuses_images_its_source_cannot_take_in_one_line(self):
+    source = madry_models.MadryMNIST(num_classes=3)
+    source(tf.zeros((1, 28, 28, 1)))
+    for spec, shape, made in (('', (16, 16, 1), 'there is no transform'),
+                              # A 1-channel conv would take 3 channels as a grouped conv.
+                              ('resize:28', (8, 8, 3), "'resize:28' makes them 28x28x3")):
+      with self.subTest(spec):
+        with self.assertRaisesRegex(ValueError, r'^The teacher\'s source model takes 28x28x1 '
+                                    rf'images: .*{made}') as raised:
+          teacher.Teacher(source, 3, spec)(tf.zeros((1,) + shape))
+        self.assertNotIn('\n', str(raised.exception))
+    fitted = teacher.Teacher(source, 3, 'channel_average,resize:28')
+    self.assertEqual(fitted(tf.zeros((2, 8, 8, 3))).shape, (2, 3))
 
 
 if __name__ == '__main__':
