@@ -14,14 +14,11 @@ import json
 import os
 
 from igam_tf import attacks
-from igam_tf import autoattack
 
 # What igam_tf.evaluate runs unless told: the paper's columns and AutoAttack.
 DEFAULT_ATTACKS = ('clean', 'fgsm', 'pgd20', 'autoattack')
-# The paper's columns first, then the stronger attacks; the worst case always last.
-COLUMN_ORDER = ('clean', 'fgsm', 'pgd5', 'pgd10', 'pgd20', 'pgd50', 'pgd100', 'apgd_ce',
-                'apgd_dlr', 'apgd_t', 'fab_t', 'square', 'autoattack_fast', 'autoattack')
-LAST_COLUMNS = ('worst_case', 'worst_case_l2')
+# After the attacks' columns (in `AttackSpec.report_order`), always last: {column: heading}.
+LAST_COLUMNS = {'worst_case': 'Worst case', 'worst_case_l2': 'Worst case (L2)'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +28,7 @@ class Evaluation:
   Attributes:
     accuracies: {model: {attack: accuracy %, 'worst_case': %}}, as the tables show it.
     autoattack_runs: {model: {ensemble ('autoattack' or 'autoattack_fast'):
-      `autoattack.AutoAttackResult`}} for the ensembles that ran.
+      `attacks.AutoAttackResult`}} for the ensembles that ran.
   """
   accuracies: dict
   autoattack_runs: dict
@@ -70,17 +67,29 @@ def evaluate_models(models, dataset, attack_names, eps, *, restarts=1, num_examp
                                      step_size=step_size, l2_eps=l2_eps)
     accuracies[name] = attacks.accuracies(results)
     ensembles = {attack: result.report for attack, result in results.items()
-                 if isinstance(result.report, autoattack.AutoAttackResult)}
+                 if isinstance(result.report, attacks.AutoAttackResult)}
     if ensembles:
       runs[name] = ensembles
   return Evaluation(accuracies, runs)
 
 
+def _spec(column):
+  """The `AttackSpec` of an attack's column, else None."""
+  try:
+    return attacks.parse_attack(column)
+  except ValueError:
+    return None
+
+
 def columns(results):
+  """The columns of `results` ({row: {column: value}}): the attacks in their specs'
+  `report_order` (the paper's first), any others sorted, then the worst cases."""
   present = {column for row in results.values() for column in row}
-  ordered = [c for c in COLUMN_ORDER if c in present]
   last = [c for c in LAST_COLUMNS if c in present]
-  return ordered + sorted(present - set(ordered) - set(last)) + last
+  specs = {c: _spec(c) for c in present - set(last)}
+  ordered = sorted((c for c, spec in specs.items() if spec),
+                   key=lambda c: specs[c].report_order)
+  return ordered + sorted(c for c, spec in specs.items() if not spec) + last
 
 
 def markdown_table(results, first_column='Model'):
@@ -94,14 +103,11 @@ def markdown_table(results, first_column='Model'):
 
 
 def heading(column):
-  names = {'clean': 'Clean', 'fgsm': 'FGSM', 'apgd_ce': 'APGD-CE', 'apgd_dlr': 'APGD-DLR',
-           'apgd_t': 'APGD-T', 'fab_t': 'FAB-T', 'square': 'Square',
-           'autoattack': autoattack.ENSEMBLE_NAMES['standard'],
-           'autoattack_fast': autoattack.ENSEMBLE_NAMES['fast'],
-           'worst_case': 'Worst case', 'worst_case_l2': 'Worst case (L2)'}
-  if column in names:
-    return names[column]
-  return column.upper().replace('PGD', 'PGD-') if column.startswith('pgd') else column
+  """A column's heading: an attack's display name, 'Worst case', or the column."""
+  if column in LAST_COLUMNS:
+    return LAST_COLUMNS[column]
+  spec = _spec(column)
+  return spec.display_name if spec else column
 
 
 def autoattack_title(autoattack_runs):
@@ -119,7 +125,7 @@ def autoattack_table(autoattack_runs):
   stages = list(dict.fromkeys(stage for runs in autoattack_runs.values()
                               for run in runs.values() for stage in run.after))
   lines = ['| Model | ' + ' | '.join(
-      'Clean' if stage == 'clean' else f'+ {autoattack.STAGE_NAMES[stage]}'
+      'Clean' if stage == 'clean' else f'+ {attacks.STAGE_NAMES[stage]}'
       for stage in stages) + ' | Seconds |', '|---|' + '---:|' * (len(stages) + 1)]
   for model, runs in autoattack_runs.items():
     for name, run in runs.items():

@@ -12,6 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from igam_tf import attacks
+from igam_tf.attacks import autopgd
+from igam_tf.attacks import ops
+from igam_tf.attacks import pgd
 from igam_tf.data import load_dataset
 from igam_tf.data import make_pipeline
 from tests.attack_fixtures import TWO_CPU_PRELUDE
@@ -78,7 +81,7 @@ class LossAndScheduleTest(tf.test.TestCase):
 
   def test_apgd_checkpoints_follow_the_paper(self):
     # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 of 100 iterations.
-    first, decrement, minimum = (int(v) for v in attacks._checkpoint_schedule(100))
+    first, decrement, minimum = (int(v) for v in autopgd.checkpoint_schedule(100))
     checkpoints, interval = [first], first
     while True:
       interval = max(interval - decrement, minimum)
@@ -142,15 +145,15 @@ def reference_halvings(start_loss, iterate_losses, rho=0.75):
 
 
 def our_halvings(start_loss, iterate_losses, rho=0.75):
-  """The same, from attacks._step_size_state and _step_size_update."""
+  """The same, from autopgd.step_size_state and step_size_update."""
   iterate_losses = tf.constant(iterate_losses, tf.float32)
   steps = len(iterate_losses)
   best = tf.constant(start_loss, tf.float32)
-  state = attacks._step_size_state(best, steps)
+  state = autopgd.step_size_state(best, steps)
   halved = []
   for loss in iterate_losses:
     best = tf.where(loss > best, loss, best)
-    halve, state = attacks._step_size_update(state, loss, best, steps, rho)
+    halve, state = autopgd.step_size_update(state, loss, best, steps, rho)
     halved.append(halve.numpy())
   return np.array(halved)
 
@@ -158,14 +161,14 @@ def our_halvings(start_loss, iterate_losses, rho=0.75):
 def reference_apgd_linf(model, images, labels, eps, n_iter, start, loss, rho=0.75):
   """The authors' attack_single_run (L-inf, autopgd_base.py) transcribed line by line in
   numpy (float32, as theirs), from a given start point; the model's losses and gradients
-  come from attacks._loss_gradient. Returns (x_best, acc, loss_best, x_best_adv) as
+  come from ops.loss_gradient. Returns (x_best, acc, loss_best, x_best_adv) as
   theirs does."""
   x = np.asarray(images, np.float32)
   y = tf.constant(labels, tf.int64)
   eps = np.float32(eps)
 
   def loss_and_gradient(x_adv):
-    losses, gradient, logits = attacks._loss_gradient(model, tf.constant(x_adv), y, loss)
+    losses, gradient, logits = ops.loss_gradient(model, tf.constant(x_adv), y, loss)
     return logits.numpy(), losses.numpy(), gradient.numpy()
 
   x_adv = np.clip(np.asarray(start, np.float32), 0., 1.)
@@ -268,8 +271,8 @@ class StepSizeBookkeepingTest(parameterized.TestCase, tf.test.TestCase):
     labels = np.argmax(model(images), axis=1)
     eps, steps, seed = 0.05, 30, 7
     ids = tf.range(32, dtype=tf.int64)
-    noise = attacks._per_example_noise(tf.constant(images),
-                                       attacks._example_seeds(seed, 0, ids), 'uniform')
+    noise = ops.per_example_noise(tf.constant(images), ops.example_seeds(seed, 0, ids),
+                                  'uniform')
     scale = tf.reduce_max(tf.abs(noise), axis=[1, 2, 3], keepdims=True)
     start = (images + eps * noise / (scale + 1e-12)).numpy()  # the same random start
     x_best, acc, loss_best, x_best_adv = reference_apgd_linf(model, images, labels, eps,
@@ -278,10 +281,10 @@ class StepSizeBookkeepingTest(parameterized.TestCase, tf.test.TestCase):
     expected = np.where(acc[:, None, None, None], x_best, x_best_adv)
     # Eagerly, as the transcription: a compiled graph may round the DLR loss differently
     # in the last bit, and near-ties then go the other way.
-    ours = attacks._apgd_core(model, tf.constant(images), tf.constant(labels, tf.int64),
-                              tf.constant(eps), tf.constant(steps), tf.constant(1),
-                              tf.constant(seed, tf.int64), ids, tf.constant(0.75),
-                              norm='linf', loss=loss)
+    ours = autopgd.apgd_core(model, tf.constant(images), tf.constant(labels, tf.int64),
+                             tf.constant(eps), tf.constant(steps), tf.constant(1),
+                             tf.constant(seed, tf.int64), ids, tf.constant(0.75),
+                             norm='linf', loss=loss)
     self.assertAllEqual(ours, expected)
 
 
@@ -531,7 +534,7 @@ class BoundsCheckTest(tf.test.TestCase):
     labels = np.zeros(3, np.int64)
     images = np.random.RandomState(0).uniform(0.3, 0.7, (3, 12, 12, 1)).astype(np.float32)
     box_only = lambda adversarial, images, eps, norm: tf.clip_by_value(adversarial, 0., 1.)
-    with mock.patch.object(attacks, '_project', box_only):
+    with mock.patch.object(ops, 'project', box_only):
       with self.assertRaisesRegex(attacks.AttackError, 'outside the linf ball'):
         attacks.pgd_linf(model, images, labels, 0.05, 0.05, 3)
       with self.assertRaisesRegex(attacks.AttackError, 'outside the linf ball'):
@@ -557,10 +560,10 @@ class ModelAndCompilationTest(tf.test.TestCase):
   def test_one_trace_for_any_eps_step_steps_and_seed(self):
     model = tiny_cnn((12, 12, 1), num_classes=3)
     attacks.pgd_linf(model, self.images, self.labels, 0.1, 0.02, 3, seed=0)
-    traces = attacks._compiled_pgd.experimental_get_tracing_count()
+    traces = pgd.compiled_pgd.experimental_get_tracing_count()
     attacks.pgd_linf(model, self.images, self.labels, 0.2, 0.05, 7, restarts=2, seed=9)
     attacks.pgd_linf(model, self.images, self.labels, 8 / 255, 2 / 255, 5, seed=3)
-    self.assertEqual(attacks._compiled_pgd.experimental_get_tracing_count(), traces)
+    self.assertEqual(pgd.compiled_pgd.experimental_get_tracing_count(), traces)
 
   def test_keras_models_run_in_inference_mode(self):
     model = tiny_cnn((12, 12, 1), num_classes=3, dropout=0.9)

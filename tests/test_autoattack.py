@@ -5,6 +5,9 @@ that reshuffles on every pass, strength on a trained digits model, the sanity ch
 
 import dataclasses
 import functools
+import json
+import subprocess
+import sys
 import textwrap
 from unittest import mock
 
@@ -15,9 +18,10 @@ from scipy import optimize
 import tensorflow as tf
 
 from igam_tf import attacks
-from igam_tf import autoattack
+from igam_tf.attacks import square_attack
 from igam_tf.data import load_dataset
 from igam_tf.data import make_pipeline
+from tests.attack_fixtures import REPO
 from tests.attack_fixtures import TWO_CPU_PRELUDE
 from tests.attack_fixtures import distances
 from tests.attack_fixtures import edge_images
@@ -26,8 +30,8 @@ from tests.attack_fixtures import tiny_cnn
 
 TOLERANCE = 1e-6
 # Reduced budgets where a property does not depend on them.
-SMALL = autoattack.Settings(apgd_steps=20, apgd_t_steps=20, fab_steps=20,
-                            square_queries=300)
+SMALL = attacks.Settings(apgd_steps=20, apgd_t_steps=20, fab_steps=20,
+                         square_queries=300)
 
 
 class ZeroGradientRounding(keras.layers.Layer):
@@ -100,11 +104,45 @@ class ParseTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'Unknown attack'):
       attacks.parse_attack(name)
 
-  def test_running_them_needs_this_module_imported(self):
-    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((2, 4, 4, 1)), [0, 1]))
-    with mock.patch.dict(attacks._REGISTERED_CORES, clear=True):
-      with self.assertRaisesRegex(ValueError, 'import igam_tf.autoattack'):
-        attacks.robust_accuracy(lambda x: tf.zeros((2, 5)), dataset, ['square'])
+  def test_they_run_by_name_with_only_the_package_imported(self):
+    # A fresh process that imports igam_tf.attacks and nothing else of the project.
+    completed = subprocess.run([sys.executable, '-c', ONLY_THE_PACKAGE_SCRIPT, REPO],
+                               capture_output=True, text=True, timeout=300, check=False)
+    self.assertEqual(completed.returncode, 0, completed.stderr[-3000:])
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    self.assertEqual(result['shape'], [6, 8, 8, 1])
+    self.assertLessEqual(result['linf'], 0.1 + TOLERANCE)
+    accuracies = result['accuracies']
+    self.assertEqual(set(accuracies), {'clean', 'square10', 'autoattack_fast', 'worst_case'})
+    self.assertLessEqual(accuracies['worst_case'], accuracies['autoattack_fast'])
+    self.assertTrue(all(m == 'igam_tf' or m.startswith('igam_tf.attacks')
+                        for m in result['project_modules']), result['project_modules'])
+
+
+# Square by name on one batch, and Square and an ensemble by name over a dataset, on a
+# tiny linear model; prints what they found and the project modules loaded, as JSON.
+ONLY_THE_PACKAGE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from igam_tf import attacks
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(5)])
+    images = np.random.RandomState(0).uniform(0, 1, (6, 8, 8, 1)).astype(np.float32)
+    labels = np.argmax(model(images), axis=1)
+    found = attacks.run_attack('square10', model, images, labels, eps=0.1)
+    accuracies = attacks.robust_accuracy(
+        model, tf.data.Dataset.from_tensor_slices((images, labels)),
+        ['square10', 'autoattack_fast'], eps=0.1, progress=False, batch_size=4)
+    print(json.dumps({'shape': list(found.shape), 'accuracies': accuracies,
+                      'linf': float(np.abs(np.asarray(found) - images).max()),
+                      'project_modules': sorted(m for m in sys.modules
+                                                if m.split('.')[0] == 'igam_tf')}))
+''')
 
 
 class ScheduleAndLossTest(tf.test.TestCase):
@@ -115,7 +153,7 @@ class ScheduleAndLossTest(tf.test.TestCase):
                 1000: 16, 1001: 32, 2000: 32, 2001: 64, 4000: 64, 4001: 128, 6000: 128,
                 6001: 256, 8000: 256, 8001: 512, 9999: 512}
     for iteration, divisor in expected.items():
-      self.assertAllClose(autoattack.square_fraction(iteration, 10000), 0.8 / divisor,
+      self.assertAllClose(attacks.square_fraction(iteration, 10000), 0.8 / divisor,
                           msg=str(iteration))
 
   def test_square_schedule_is_not_rescaled_in_the_standard_version(self):
@@ -124,47 +162,47 @@ class ScheduleAndLossTest(tf.test.TestCase):
     # 32x32 never gets below 3 pixels (the rescaled schedule ends at 1).
     for iteration in (0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 2000, 2001, 3000,
                       4000, 4001, 4500, 4999):
-      fraction = autoattack.square_fraction(iteration, 5000)
+      fraction = attacks.square_fraction(iteration, 5000)
       self.assertAllClose(fraction, reference_p_selection(iteration, 5000, 0.8, False),
                           msg=str(iteration))
-      self.assertGreaterEqual(int(autoattack.square_size(fraction, 32, 32)), 3)
-    self.assertAllClose(autoattack.square_fraction(4999, 5000), 0.8 / 128)
-    self.assertEqual(int(autoattack.square_size(0.8 / 128, 32, 32)), 3)  # round(2.53)
-    self.assertFalse(autoattack.STANDARD.square_rescale)
+      self.assertGreaterEqual(int(attacks.square_size(fraction, 32, 32)), 3)
+    self.assertAllClose(attacks.square_fraction(4999, 5000), 0.8 / 128)
+    self.assertEqual(int(attacks.square_size(0.8 / 128, 32, 32)), 3)  # round(2.53)
+    self.assertFalse(attacks.STANDARD.square_rescale)
 
   def test_square_schedule_is_rescaled_on_request(self):
     # With rescale (resc_schedule=True), at 5000 queries iteration i counts as 2i.
     for iteration, divisor in {5: 1, 6: 2, 25: 2, 26: 4, 100: 4, 101: 8, 4000: 256,
                                4001: 512, 4999: 512}.items():
-      fraction = autoattack.square_fraction(iteration, 5000, rescale=True)
+      fraction = attacks.square_fraction(iteration, 5000, rescale=True)
       self.assertAllClose(fraction, 0.8 / divisor, msg=str(iteration))
       self.assertAllClose(fraction, reference_p_selection(iteration, 5000, 0.8, True))
-    self.assertAllClose(autoattack.square_fraction(1, 100, p_init=0.5, rescale=True),
+    self.assertAllClose(attacks.square_fraction(1, 100, p_init=0.5, rescale=True),
                         0.5 / 4)  # 100
-    self.assertAllClose(autoattack.square_fraction(1, 100, p_init=0.5), 0.5)
+    self.assertAllClose(attacks.square_fraction(1, 100, p_init=0.5), 0.5)
 
   def test_square_uses_the_schedule_it_is_given(self):
     keras.utils.set_random_seed(1)
     model = tiny_cnn((12, 12, 1), num_classes=5)
     images = edge_images(8, (12, 12, 1))
     labels = np.argmax(model(images), axis=1)
-    run = functools.partial(autoattack.square, model, images, labels, 0.05, queries=20)
+    run = functools.partial(attacks.square, model, images, labels, 0.05, queries=20)
     self.assertAllEqual(run(), run(rescale_schedule=False))
     self.assertNotAllClose(run(), run(rescale_schedule=True))
 
   def test_square_size(self):
-    self.assertEqual(int(autoattack.square_size(0.8, 28, 28)), 25)  # round(25.04)
-    self.assertEqual(int(autoattack.square_size(0.8, 32, 32)), 29)  # round(28.62)
-    self.assertEqual(int(autoattack.square_size(0.8 / 512, 32, 32)), 1)
-    self.assertEqual(int(autoattack.square_size(1e-6, 28, 28)), 1)  # at least one pixel
-    self.assertEqual(int(autoattack.square_size(1.0, 4, 6)), 4)  # at most the image
+    self.assertEqual(int(attacks.square_size(0.8, 28, 28)), 25)  # round(25.04)
+    self.assertEqual(int(attacks.square_size(0.8, 32, 32)), 29)  # round(28.62)
+    self.assertEqual(int(attacks.square_size(0.8 / 512, 32, 32)), 1)
+    self.assertEqual(int(attacks.square_size(1e-6, 28, 28)), 1)  # at least one pixel
+    self.assertEqual(int(attacks.square_size(1.0, 4, 6)), 4)  # at most the image
 
   def test_targets_are_the_other_classes_by_decreasing_logit(self):
     logits = tf.constant([[0.0, 5.0, 3.0, 4.0, 1.0], [9.0, 1.0, 2.0, 0.0, 3.0]])
     labels = tf.constant([1, 2], tf.int64)
-    self.assertAllEqual(autoattack.target_classes(logits, labels, 9),
+    self.assertAllEqual(attacks.target_classes(logits, labels, 9),
                         [[3, 2, 4, 0], [0, 4, 1, 3]])  # K - 1 of 9 for 5 classes
-    self.assertAllEqual(autoattack.target_classes(logits, labels, 2), [[3, 2], [0, 4]])
+    self.assertAllEqual(attacks.target_classes(logits, labels, 2), [[3, 2], [0, 4]])
 
   def test_targeted_dlr_and_margin(self):
     logits = tf.constant([[4.0, 3.0, 2.0, 1.0, 0.0], [1.0, 2.0, 6.0, 3.0, 5.0]])
@@ -172,10 +210,10 @@ class ScheduleAndLossTest(tf.test.TestCase):
     targets = tf.constant([3, 4], tf.int64)
     # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
     expected = [-(4 - 1) / (4 - (2 + 1) / 2), -(6 - 5) / (6 - (3 + 2) / 2)]
-    self.assertAllClose(autoattack.targeted_dlr_loss(logits, labels, targets), expected)
-    self.assertAllClose(autoattack.margin(logits, labels), [1.0, 1.0])
+    self.assertAllClose(attacks.targeted_dlr_loss(logits, labels, targets), expected)
+    self.assertAllClose(attacks.margin(logits, labels), [1.0, 1.0])
     with self.assertRaisesRegex(ValueError, '4 classes'):
-      autoattack.targeted_dlr_loss(tf.zeros((1, 3)), labels[:1], targets[:1])
+      attacks.targeted_dlr_loss(tf.zeros((1, 3)), labels[:1], targets[:1])
 
   def test_fab_projection_solves_the_linear_program(self):
     # The smallest L-inf step onto <w, x + d> = b inside [0, 1], where one exists;
@@ -186,7 +224,7 @@ class ScheduleAndLossTest(tf.test.TestCase):
     weights = rng.normal(0, 1, (num, dims)).astype(np.float32)
     weights[rng.uniform(size=(num, dims)) < 0.2] = 0
     offsets = (np.sum(weights * points, 1) + rng.normal(0, 4, num)).astype(np.float32)
-    steps = autoattack.project_linf(points, weights, offsets).numpy()
+    steps = attacks.project_linf(points, weights, offsets).numpy()
     reached = np.sum(weights * (points + steps), axis=1)
     self.assertBetween((points + steps).min(), -1e-6, 1.0)
     self.assertBetween((points + steps).max(), 0.0, 1 + 1e-6)
@@ -218,10 +256,10 @@ def _new_small_cnn():
 
 # name, attack(model, images, labels, eps)
 BATCH_ATTACKS = (
-    ('apgd_t', lambda m, x, y, e: autoattack.apgd_t(m, x, y, e, steps=5, restarts=2)),
-    ('fab_t', lambda m, x, y, e: autoattack.fab_t(m, x, y, e, steps=5, restarts=2)),
-    ('square', lambda m, x, y, e: autoattack.square(m, x, y, e, queries=50, restarts=2)),
-    ('ensemble', lambda m, x, y, e: autoattack.ensemble(m, x, y, e, settings=SMALL)),
+    ('apgd_t', lambda m, x, y, e: attacks.apgd_t(m, x, y, e, steps=5, restarts=2)),
+    ('fab_t', lambda m, x, y, e: attacks.fab_t(m, x, y, e, steps=5, restarts=2)),
+    ('square', lambda m, x, y, e: attacks.square(m, x, y, e, queries=50, restarts=2)),
+    ('ensemble', lambda m, x, y, e: attacks.ensemble(m, x, y, e, settings=SMALL)),
 )
 
 
@@ -259,7 +297,7 @@ class BoundsTest(parameterized.TestCase, tf.test.TestCase):
 
   def test_robust_accuracy_reports_autoattack_in_the_worst_case(self):
     dataset = tf.data.Dataset.from_tensor_slices((self.images, self.labels)).batch(10)
-    with mock.patch.object(autoattack, 'STANDARD', SMALL):
+    with mock.patch.object(attacks.autoattack, 'STANDARD', SMALL):
       accuracy_ = attacks.robust_accuracy(
           self.model, dataset, ['square50', 'autoattack', 'autoattack_fast'], eps=0.05,
           progress=False, batch_size=12)
@@ -270,14 +308,14 @@ class BoundsTest(parameterized.TestCase, tf.test.TestCase):
 
   def test_one_trace_for_any_budget_eps_and_seed(self):
     model = _new_small_cnn()  # a fresh model: a fresh trace
-    autoattack.square(model, self.images, self.labels, 0.1, queries=5, seed=0)
-    traces = autoattack._compiled_stage.experimental_get_tracing_count()
-    autoattack.square(model, self.images, self.labels, 0.2, queries=9, restarts=2, seed=3,
-                      p_init=0.5)
-    self.assertEqual(autoattack._compiled_stage.experimental_get_tracing_count(), traces)
+    attacks.square(model, self.images, self.labels, 0.1, queries=5, seed=0)
+    traces = square_attack.compiled_square.experimental_get_tracing_count()
+    attacks.square(model, self.images, self.labels, 0.2, queries=9, restarts=2, seed=3,
+                   p_init=0.5)
+    self.assertEqual(square_attack.compiled_square.experimental_get_tracing_count(), traces)
 
   def test_a_fab_point_beyond_eps_does_not_count(self):
-    adversarial = autoattack.fab_t(self.model, self.images, self.labels, 1e-4, steps=10)
+    adversarial = attacks.fab_t(self.model, self.images, self.labels, 1e-4, steps=10)
     self.assertAllEqual(adversarial, self.images)  # nothing within 1e-4: clean returned
 
   def test_apgd_t_needs_four_classes_and_the_ensemble_skips_it(self):
@@ -285,10 +323,10 @@ class BoundsTest(parameterized.TestCase, tf.test.TestCase):
     model = tiny_cnn((12, 12, 1), num_classes=3)
     labels = np.argmax(model(self.images), axis=1)
     with self.assertRaisesRegex(ValueError, '4 classes'):
-      autoattack.apgd_t(model, self.images, labels, 0.1, steps=2)
+      attacks.apgd_t(model, self.images, labels, 0.1, steps=2)
     dataset = tf.data.Dataset.from_tensor_slices((self.images, labels))
-    result = autoattack.run_autoattack(model, dataset, 0.1, settings=SMALL, progress=False,
-                                       batch_size=12)
+    result = attacks.run_autoattack(model, dataset, 0.1, settings=SMALL, progress=False,
+                                    batch_size=12)
     self.assertEqual(list(result.after), ['clean', 'apgd_ce', 'fab_t', 'square'])
     self.assertTrue(any('APGD-T was skipped' in w for w in result.warnings))
 
@@ -331,10 +369,10 @@ class LinearModelTest(tf.test.TestCase):
 
   def test_apgd_t_reaches_the_optimum(self):
     self.assert_matches_the_optimum(
-        autoattack.apgd_t(self.model, self.images, self.labels, self.eps, steps=50))
+        attacks.apgd_t(self.model, self.images, self.labels, self.eps, steps=50))
 
   def test_fab_t_finds_the_smallest_perturbation(self):
-    adversarial = autoattack.fab_t(self.model, self.images, self.labels, self.eps)
+    adversarial = attacks.fab_t(self.model, self.images, self.labels, self.eps)
     self.assert_matches_the_optimum(adversarial)
     linf = distances(self.images, adversarial)[0]
     broken = linf > 0
@@ -342,9 +380,9 @@ class LinearModelTest(tf.test.TestCase):
 
   def test_square_and_the_ensemble_never_beat_the_optimum(self):
     for adversarial in (
-        autoattack.square(self.model, self.images, self.labels, self.eps, queries=500),
-        autoattack.ensemble(self.model, self.images, self.labels, self.eps,
-                            settings=SMALL)):
+        attacks.square(self.model, self.images, self.labels, self.eps, queries=500),
+        attacks.ensemble(self.model, self.images, self.labels, self.eps,
+                         settings=SMALL)):
       correct = np.argmax(self.model(adversarial), axis=1) == self.labels
       self.assertFalse(np.any(~correct & self.robust))
       self.assertLess(correct.mean(), 1.0)
@@ -384,7 +422,7 @@ class ReshuffledDatasetTest(tf.test.TestCase):
     pairwise = np.abs(images[:, None] - images[None]).reshape(36, 36, -1).max(axis=2)
     self.assertGreater(pairwise[~np.eye(36, dtype=bool)].min(), 2 * eps)  # identifiable
 
-    run = functools.partial(autoattack.run_autoattack, model, eps=eps, settings=SMALL,
+    run = functools.partial(attacks.run_autoattack, model, eps=eps, settings=SMALL,
                             batch_size=8, progress=False, keep_adversarial=True, seed=2)
     fixed = run(tf.data.Dataset.from_tensor_slices((images, labels)))
     self.assertAllEqual(fixed.correct, expected)
@@ -429,9 +467,9 @@ class DigitsModelTest(tf.test.TestCase):
 
   def test_the_ensemble_is_at_least_as_strong_as_each_part(self):
     # (It equals attack_dataset's 'autoattack': see the distributed test.)
-    result = autoattack.run_autoattack(self.model, self.test_split, self.eps,
-                                       num_examples=100, batch_size=50, seed=3,
-                                       settings=SMALL, progress=False)
+    result = attacks.run_autoattack(self.model, self.test_split, self.eps,
+                                    num_examples=100, batch_size=50, seed=3,
+                                    settings=SMALL, progress=False)
     self.assertEqual(list(result.after), ['clean', 'apgd_ce', 'apgd_t', 'fab_t', 'square'])
     self.assertEqual(result.warnings, [])
     parts = {'apgd_ce': 'apgd20_ce', 'apgd_t': 'apgd20_t', 'fab_t': 'fab20_t',
@@ -450,10 +488,10 @@ class DigitsModelTest(tf.test.TestCase):
 
   def test_same_seed_same_result(self):
     images, labels = digits_batch(40)
-    for attack in (lambda seed: autoattack.square(self.model, images, labels, self.eps,
-                                                  queries=100, seed=seed),
-                   lambda seed: autoattack.apgd_t(self.model, images, labels, self.eps,
-                                                  steps=10, num_targets=2, seed=seed)):
+    for attack in (lambda seed: attacks.square(self.model, images, labels, self.eps,
+                                               queries=100, seed=seed),
+                   lambda seed: attacks.apgd_t(self.model, images, labels, self.eps,
+                                               steps=10, num_targets=2, seed=seed)):
       first, second, other = attack(5), attack(5), attack(6)
       self.assertAllEqual(first, second)
       self.assertNotAllClose(first, other)
@@ -469,10 +507,9 @@ class DigitsModelTest(tf.test.TestCase):
 
 # 20 examples in batches of 8: the padded last batch still gives each replica examples.
 DISTRIBUTED_SCRIPT = TWO_CPU_PRELUDE + textwrap.dedent('''
-    from igam_tf import autoattack
-    small = autoattack.Settings(apgd_steps=10, apgd_t_steps=10, fab_steps=10,
-                                square_queries=100, num_targets=3)
-    autoattack.STANDARD = small
+    small = attacks.Settings(apgd_steps=10, apgd_t_steps=10, fab_steps=10,
+                             square_queries=100, num_targets=3)
+    attacks.autoattack.STANDARD = small  # the ensembles' defaults, where they are read
     kwargs = dict(num_examples=20, batch_size=8, seed=1, progress=False,
                   keep_adversarial=True)
     report = {'replicas': strategy.num_replicas_in_sync, 'attacks': {}}
@@ -490,8 +527,8 @@ DISTRIBUTED_SCRIPT = TWO_CPU_PRELUDE + textwrap.dedent('''
             attacks.attack_dataset(model, test, 'autoattack', 0.1, strategy=strategy,
                                    **kwargs), single)
     compare('run_autoattack',
-            autoattack.run_autoattack(model, test, 0.1, strategy=strategy, settings=small,
-                                      **kwargs), single)
+            attacks.run_autoattack(model, test, 0.1, strategy=strategy, settings=small,
+                                   **kwargs), single)
     images, labels = next(iter(test.dataset.take(20).batch(20)))
     batch = attacks.run_attack('autoattack', model, images, labels, eps=0.1, seed=1)
     correct = np.argmax(model(batch), axis=1) == labels.numpy()
@@ -513,25 +550,25 @@ class SanityCheckTest(tf.test.TestCase):
     cls.eps = 0.1
 
   def test_a_sound_model_raises_no_warning(self):
-    self.assertEqual(autoattack.check_model(self.model, self.images, self.labels, self.eps),
+    self.assertEqual(attacks.check_model(self.model, self.images, self.labels, self.eps),
                      [])
 
   def test_probability_outputs_are_flagged(self):
     softmax = keras.Sequential([self.model, keras.layers.Softmax()])
-    warnings = autoattack.check_model(softmax, self.images, self.labels, self.eps)
+    warnings = attacks.check_model(softmax, self.images, self.labels, self.eps)
     self.assertTrue(any('probabilities' in w for w in warnings), warnings)
 
   def test_a_random_model_is_flagged(self):
     noisy = lambda images: self.model(images, training=False) + tf.random.normal([10])
-    warnings = autoattack.check_model(noisy, self.images, self.labels, self.eps)
+    warnings = attacks.check_model(noisy, self.images, self.labels, self.eps)
     self.assertTrue(any('random' in w for w in warnings), warnings)
 
   def test_a_model_without_gradients_is_flagged(self):
     rounding = lambda images: self.model(tf.round(images * 255) / 255, training=False)
-    zero, flat = autoattack.gradient_flags(rounding, tf.constant(self.images),
-                                           tf.constant(self.labels, tf.int64), self.eps)
+    zero, flat = attacks.gradient_flags(rounding, tf.constant(self.images),
+                                        tf.constant(self.labels, tf.int64), self.eps)
     self.assertTrue(np.all(zero) and np.all(flat))
-    warnings = autoattack.check_model(rounding, self.images, self.labels, self.eps)
+    warnings = attacks.check_model(rounding, self.images, self.labels, self.eps)
     self.assertTrue(any('zero' in w for w in warnings), warnings)
 
   def test_square_breaks_a_masked_model_that_pgd_cannot(self):
@@ -545,7 +582,7 @@ class SanityCheckTest(tf.test.TestCase):
 
     with mock.patch.object(tf, 'GradientTape', no_gradients), \
          mock.patch.object(tf, 'gradients', no_gradients):
-      found = autoattack.square(model, self.images, self.labels, self.eps, queries=500)
+      found = attacks.square(model, self.images, self.labels, self.eps, queries=500)
       square_accuracy = accuracy(model, found, self.labels)
       with self.assertRaises(AssertionError):  # the patch is live
         attacks.pgd_linf(masked(self.model), self.images, self.labels, self.eps, 0.02, 2)
@@ -554,9 +591,9 @@ class SanityCheckTest(tf.test.TestCase):
 
   def test_a_masked_model_is_flagged_by_the_ensemble(self):
     dataset = tf.data.Dataset.from_tensor_slices((self.images, self.labels))
-    result = autoattack.run_autoattack(masked(self.model), dataset, self.eps,
-                                       settings=dataclasses.replace(SMALL, num_targets=3),
-                                       progress=False, batch_size=30)
+    result = attacks.run_autoattack(masked(self.model), dataset, self.eps,
+                                    settings=dataclasses.replace(SMALL, num_targets=3),
+                                    progress=False, batch_size=30)
     self.assertTrue(any('zero cross-entropy' in w for w in result.warnings),
                     result.warnings)
     self.assertTrue(any('Square (gradient-free) broke' in w for w in result.warnings),
@@ -567,9 +604,9 @@ class SanityCheckTest(tf.test.TestCase):
     before = np.ones(1000, bool)
     after = before.copy()
     after[:2] = False  # 0.2%: AutoAttack's threshold, not above it
-    self.assertIsNone(autoattack.square_warning(before, after))
+    self.assertIsNone(attacks.square_warning(before, after))
     after[2] = False
-    self.assertIn('3 of 1000', autoattack.square_warning(before, after))
+    self.assertIn('3 of 1000', attacks.square_warning(before, after))
 
 
 if __name__ == '__main__':

@@ -285,7 +285,10 @@ class ServingTest(tf.test.TestCase):
     result = check(run_python([script, os.path.join(_FIXTURE['folder'], 'standard'),
                                'inputs.npz', str(EPS)], cwd=folder, pythonpath=REPO))
     served = json.loads(result.stdout.strip().splitlines()[-1])
-    self.assertEqual(served['project_modules'], ['igam_tf', 'igam_tf.attacks'])
+    package = sorted(f'igam_tf.attacks.{name[:-len(".py")]}'
+                     for name in os.listdir(os.path.join(REPO, 'igam_tf', 'attacks'))
+                     if name.endswith('.py') and name != '__init__.py')
+    self.assertEqual(served['project_modules'], ['igam_tf', 'igam_tf.attacks'] + package)
     expected = attacks.robust_accuracy(
         _FIXTURE['standard'], tf.data.Dataset.from_tensor_slices((images, labels)),
         ['clean', 'pgd10'], eps=EPS, progress=False)

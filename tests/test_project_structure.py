@@ -33,11 +33,13 @@ def read_build_targets():
 
 
 def project_files():
+  """Every .py file in FOLDERS and their packages (folders with an __init__.py)."""
   files = []
   for folder in FOLDERS:
-    for name in sorted(os.listdir(os.path.join(REPO, folder))):
-      if name.endswith('.py'):
-        files.append(f'{folder}/{name}')
+    for root, dirs, names in os.walk(os.path.join(REPO, folder)):
+      dirs[:] = sorted(d for d in dirs if os.path.exists(os.path.join(root, d, '__init__.py')))
+      relative = os.path.relpath(root, REPO).replace(os.sep, '/')
+      files.extend(f'{relative}/{name}' for name in sorted(names) if name.endswith('.py'))
   return files
 
 
@@ -52,7 +54,8 @@ def module_of(path):
 
 
 def imported_project_modules(path):
-  """Project modules that `path` imports (`from pkg import name` counts as pkg.name if it exists)."""
+  """Project modules that `path` imports (`from pkg import name` counts as pkg.name if it
+  exists, else as pkg)."""
   with open(os.path.join(REPO, path)) as f:
     tree = ast.parse(f.read(), path)
   known = {module_of(p) for p in project_files()}
@@ -61,7 +64,8 @@ def imported_project_modules(path):
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-      names = [node.module] + [f'{node.module}.{alias.name}' for alias in node.names]
+      names = [f'{node.module}.{alias.name}' if f'{node.module}.{alias.name}' in known
+               else node.module for alias in node.names]
     else:
       continue
     found.update(name for name in names if name in known)
