@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from igam_tf import attacks
+from igam_tf import distribution
 from igam_tf.architectures import logits_with_batch_statistics
 from igam_tf.igam import PIXEL_SCALE
 from igam_tf.igam import weight_decay_loss
@@ -85,13 +86,19 @@ class PGDAdversarialTraining(StandardTraining):
     self.pgd_bn = pgd_bn
 
   def training_images(self, images, labels):
-    # A new random start every step, repeatable from the step number (so resumed runs match).
+    # A new random start every step, repeatable from the step number (so resumed runs
+    # match), one per example from its position in the global batch (so replicas draw
+    # the starts one device draws, not each the same ones).
+    # With pgd_bn='batch', the statistics are each replica's share's (no replicas'
+    # synchronization can sit inside the attack's loop).
     seed = self.seed * 2**24 + tf.cast(self.optimizer.iterations, tf.int64)
     target = self.classifier if self.pgd_bn == 'moving' else (
         lambda x: logits_with_batch_statistics(self.classifier, x))
-    return tf.stop_gradient(attacks.pgd_linf(
-        target, images, labels, eps=self.epsilon, step_size=self.step_size,
-        steps=self.steps, seed=seed))
+    with distribution.local_batch_statistics(self.classifier):
+      return tf.stop_gradient(attacks.pgd_linf(
+          target, images, labels, eps=self.epsilon, step_size=self.step_size,
+          steps=self.steps, seed=seed,
+          example_ids=distribution.global_example_ids(tf.shape(images)[0])))
 
 
 class GradientNormPenalty(StandardTraining):

@@ -179,6 +179,19 @@ def make_pipeline(dataset, batch_size, *, training, augment=None, pixel_noise=0.
   return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
+def restartable(make_dataset):
+  """The dataset `make_dataset()` builds, such that every iterator over it yields what
+  the first iterator over a freshly built one yields.
+
+  A seeded shuffle or random op draws new seeds for each new iterator over the same
+  dataset object; Keras iterates a distributed dataset once before training (to build
+  the model), so without this the replicas would train on another order than one
+  device does, and a resumed run's order would depend on how it was iterated. Built
+  inside a dataset function, the pipeline's seeded ops start afresh with each iterator.
+  """
+  return tf.data.Dataset.range(1).flat_map(lambda unused_index: make_dataset())
+
+
 def _perturber(madry_augment, pixel_noise):
   def perturb(image, seed):
     crop_seed, flip_seed, noise_seed = tf.unstack(

@@ -29,6 +29,7 @@ from absl import flags
 from absl import logging
 
 from igam_tf import data
+from igam_tf import distribution
 from igam_tf import evaluation
 from igam_tf import experiments
 from igam_tf import flag_groups
@@ -67,6 +68,7 @@ def define_flags():
   flags.DEFINE_list('seeds', [], 'Run the whole demo once per seed, in OUTPUT_DIR/seed_<N>, '
                     'and write OUTPUT_DIR/results_over_seeds.{md,json}: each model\'s mean '
                     'and range over them. Unset: one run, with --seed, in OUTPUT_DIR.')
+  flag_groups.define_strategy_flags()
   flags.mark_flag_as_required('output_dir')
 
 
@@ -88,6 +90,9 @@ def run_demo(f, seed, root):
   """One whole demo with `seed`, in the folder `root`; returns its Markdown report."""
   start, timings = time.time(), {}
   root = root.rstrip('/')
+  # Made before anything runs (a split CPU or several workers need that); every job
+  # and the evaluation run under it.
+  strategy = distribution.get_strategy(f.strategy, f.cpu_replicas)
   eps = f.epsilon
   adam = experiments.OptimizerSettings('adam', 1e-3, weight_decay=0.0)
 
@@ -98,7 +103,8 @@ def run_demo(f, seed, root):
   def run(name, steps, job):
     began = time.time()
     logging.info('Demo job %s (%d steps)', name, steps)
-    job(experiments.RunSettings(f'{root}/{name}', steps, steps, verbose=2))
+    job(experiments.RunSettings(f'{root}/{name}', steps, steps, strategy=f.strategy,
+                                cpu_replicas=f.cpu_replicas, verbose=2))
     timings[name] = round(time.time() - began, 1)
 
   source, target = task(f.source_classes), task(f.target_classes)
@@ -134,13 +140,15 @@ def run_demo(f, seed, root):
       experiments.BaselineSettings(penalty_weight=f.diff_weight), r))
 
   began = time.time()
-  models = {name: model_io.load_model(f'{root}/{name}')[0] for name in MODELS}
+  with strategy.scope():
+    models = {name: model_io.load_model(f'{root}/{name}')[0] for name in MODELS}
   for name, model in models.items():
     serving.export_classifier(model, f'{root}/{name}/saved_model', (28, 28, 1),
                               overwrite=True)
   test = data.load_dataset('digits', 'test', classes=tuple(int(c) for c in f.target_classes))
   attacked = time.time()
-  evaluated = evaluation.evaluate_models(models, test, f.attacks, eps, seed=seed)
+  evaluated = evaluation.evaluate_models(models, test, f.attacks, eps, seed=seed,
+                                         strategy=strategy)
   timings['attacks'] = round(time.time() - attacked, 1)
   warnings, checks_began = [], time.time()
   if f.masking_examples:

@@ -1,17 +1,124 @@
-"""tf.distribute strategies by name, for the binaries' --strategy flag."""
+"""tf.distribute strategies by name, for the binaries' --strategy and --cpu_replicas flags.
 
+Every job builds its strategy here (`get_strategy`), first thing, before TensorFlow
+starts its devices: a host CPU split into logical devices (`--cpu_replicas`) must be
+configured before then, and MultiWorkerMirroredStrategy must exist before any op runs.
+
+The jobs train the same under any number of replicas: losses are summed over each
+replica's share and divided by the global batch (gradients are summed across
+replicas), BN layers that normalize with batch statistics are synchronized across
+replicas (`synchronize_batch_norm`), and per-example randomness is drawn from each
+example's position in the global batch (`global_example_ids`), so N replicas with a
+global batch B give the weights one device gives with batch B.
+"""
+
+import contextlib
+
+import keras
 import tensorflow as tf
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker_mirrored')
 
+_strategies = {}
 
-def get_strategy(name='default', devices=None):
-  """'default': one device. 'mirrored': every local GPU (or `devices`).
-  'multi_worker_mirrored': many machines, configured by the TF_CONFIG variable."""
+
+def configure_cpu_replicas(count):
+  """Splits the host CPU into `count` logical devices (a no-op for 1, which asks for no
+  split, or when it is already split so). TensorFlow must not have started its devices."""
+  if count < 1:
+    raise ValueError(f'--cpu_replicas must be at least 1, got {count}')
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  current = tf.config.get_logical_device_configuration(cpu)
+  if count == 1 or (current and len(current) == count):
+    return
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+  except RuntimeError as e:
+    raise ValueError(f'--cpu_replicas={count}: TensorFlow already started its devices '
+                     f'({" ".join(str(e).split())}); split the CPU before anything runs '
+                     f'on it') from None
+
+
+def get_strategy(name='default', cpu_replicas=1, devices=None):
+  """The strategy `name` names, made once per process (jobs run in sequence share it).
+
+  'default': one device. 'mirrored': every local GPU; without GPUs, every logical CPU
+  (`cpu_replicas` of them). 'multi_worker_mirrored': the workers TF_CONFIG names, each
+  with its local GPUs (or one CPU). `devices` (mirrored only) names the devices.
+  """
+  if name not in STRATEGIES:
+    raise ValueError(f'--strategy must be one of {", ".join(STRATEGIES)}, got {name!r}')
+  key = (name, cpu_replicas, tuple(devices or ()))
+  if key in _strategies:
+    return _strategies[key]
+  configure_cpu_replicas(cpu_replicas)
   if name == 'default':
-    return tf.distribute.get_strategy()
-  if name == 'mirrored':
-    return tf.distribute.MirroredStrategy(devices)
-  if name == 'multi_worker_mirrored':
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  raise ValueError(f'--strategy must be one of {", ".join(STRATEGIES)}, got {name!r}')
+    strategy = tf.distribute.get_strategy()
+  elif name == 'mirrored':
+    if devices is None and not tf.config.list_physical_devices('GPU'):
+      devices = [device.name for device in tf.config.list_logical_devices('CPU')]
+    strategy = tf.distribute.MirroredStrategy(devices)
+  else:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
+  _strategies[key] = strategy
+  return strategy
+
+
+def synchronize_batch_norm(model, strategy=None):
+  """Under several replicas, makes every BatchNormalization layer inside `model`
+  normalize by the global batch's statistics (all-reduced), as one device does; with
+  one replica nothing changes. Returns how many layers it synchronized."""
+  strategy = strategy or tf.distribute.get_strategy()
+  if strategy.num_replicas_in_sync == 1:
+    return 0
+  count = 0
+  for layer in _batch_norm_layers(model):
+    if not layer.synchronized:
+      layer.synchronized = True
+      count += 1
+  return count
+
+
+@contextlib.contextmanager
+def local_batch_statistics(model):
+  """While traced inside, `model`'s BN layers use each replica's own batch statistics:
+  for a computation inside a loop (an attack's steps), where no synchronization of the
+  replicas may sit."""
+  synchronized = [layer for layer in _batch_norm_layers(model) if layer.synchronized]
+  for layer in synchronized:
+    layer.synchronized = False
+  try:
+    yield
+  finally:
+    for layer in synchronized:
+      layer.synchronized = True
+
+
+def _batch_norm_layers(model):
+  return [layer for layer in model._flatten_layers(include_self=True, recursive=True)  # pylint: disable=protected-access
+          if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def global_example_ids(local_batch):
+  """Each of this replica's examples' positions in the global batch, int64 [local_batch]:
+  replica r holds positions r * local_batch ... (the distributed dataset splits each
+  global batch into consecutive shares)."""
+  context = tf.distribute.get_replica_context()
+  replica = 0 if context is None else context.replica_id_in_sync_group
+  local_batch = tf.cast(local_batch, tf.int64)
+  return tf.cast(replica, tf.int64) * local_batch + tf.range(local_batch, dtype=tf.int64)
+
+
+def is_chief(strategy):
+  """Whether this process writes the job's files: always, but under several workers,
+  only the chief (TF_CONFIG's chief, or worker 0 when none is named)."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if task_type == 'chief':
+    return True
+  return task_type == 'worker' and task_id == 0 and 'chief' not in resolver.cluster_spec().jobs

@@ -79,8 +79,7 @@ def define_flags():
                        lower_bound=1)
   flags.DEFINE_integer('batch_size', 100, 'Global batch size of the attacks.', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Fixes every random start.')
-  flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
-                    'mirrored: split each batch over all local GPUs.')
+  flag_groups.define_strategy_flags()
   flags.DEFINE_string('output', None, 'Write the results as JSON and Markdown: a .json file '
                       '(the .md beside it), a folder, or a path prefix (PREFIX.json, PREFIX.md).')
   flags.DEFINE_bool('masking_checks', True, 'Check for gradient masking (see '
@@ -163,7 +162,7 @@ def run_evaluation(f):
   if f.masking_checks and large_eps <= eps:
     raise ValueError(f'--masking_large_epsilon ({large_eps}) must exceed --epsilon ({eps})')
   names = [attacks.parse_attack(a).name for a in f.attacks]  # bad names fail before loading
-  strategy = distribution.get_strategy(f.strategy)
+  strategy = distribution.get_strategy(f.strategy, f.cpu_replicas)
   split = data.load_dataset(f.dataset, f.split, data_dir=f.data_dir, image_size=f.image_size,
                             classes=f.classes)
   examples = _count(split, f.num_examples)

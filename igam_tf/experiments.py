@@ -61,6 +61,8 @@ class RunSettings:
   train_steps: int
   checkpoint_every: int = 1000
   strategy: str = 'default'
+  # mirrored without GPUs: split the host CPU into this many replicas.
+  cpu_replicas: int = 1
   summary_every: int = 50
   verbose: object = 'auto'
   # Settings (flag names) that may differ from those recorded in model_dir on resume.
@@ -105,9 +107,9 @@ def load_training_data(settings):
   train_split = data.load_dataset(settings.dataset, 'train', data_dir=settings.data_dir,
                                   image_size=settings.image_size, classes=classes)
   _check_trainable(train_split, settings)
-  stream = data.make_pipeline(train_split, settings.batch_size, training=True,
-                              augment=settings.augment, pixel_noise=settings.pixel_noise,
-                              seed=settings.seed).repeat()
+  stream = data.restartable(lambda: data.make_pipeline(
+      train_split, settings.batch_size, training=True, augment=settings.augment,
+      pixel_noise=settings.pixel_noise, seed=settings.seed).repeat())
   validation = None
   if settings.validation_split:
     split = data.load_dataset(settings.dataset, settings.validation_split,
@@ -138,6 +140,12 @@ def _check_trainable(train_split, settings):
         f'--batch_size to at most {count}, or train on more data.')
 
 
+def job_strategy(run):
+  """The distribution strategy `run` names (made before any data is loaded: a CPU split
+  into replicas, or several workers, must be set up before TensorFlow runs anything)."""
+  return distribution.get_strategy(run.strategy, run.cpu_replicas)
+
+
 def _run(model, stream, validation, run, config, gradient_models):
   return training.train(model, stream, model_dir=run.model_dir, total_steps=run.train_steps,
                         checkpoint_every=run.checkpoint_every, validation=validation,
@@ -158,8 +166,8 @@ def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
   """Section 4.1: a new K-way head (and the transform's weights, if any) trained with
   Adam on the target task; every source weight frozen, its BN as `teacher_bn` says
   (see `teacher.Teacher`). Returns the teacher."""
+  strategy = job_strategy(run)
   train_split, stream, validation = load_training_data(data_settings)
-  strategy = distribution.get_strategy(run.strategy)
   with strategy.scope():
     source_model, source_spec = model_io.load_source(source, num_classes=source_num_classes)
     spec = model_io.teacher_spec(source_spec, train_split.num_classes, transform,
@@ -168,6 +176,7 @@ def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
     teacher(keras.ops.zeros((1,) + tuple(train_split.image_shape)))
     model = baselines.StandardTraining(teacher)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    distribution.synchronize_batch_norm(model, strategy)
   _run(model, stream, validation, run,
        _config(source=source, transform=transform, data=data_settings, run=run,
                learning_rate=learning_rate, teacher_bn=teacher_bn), {'teacher': teacher})
@@ -180,9 +189,9 @@ def train_igam(student_spec, teacher, data_settings, optimizer, igam, run, teach
   teacher: a folder written by `finetune_teacher`, or a MadryLab-layout checkpoint
   with a finetuned head plus `teacher_transform` (see `model_io.load_teacher`).
   Returns the student."""
+  strategy = job_strategy(run)
   train_split, stream, validation = load_training_data(data_settings)
   student_spec = _fit_to_task(student_spec, train_split, 'student')
-  strategy = distribution.get_strategy(run.strategy)
   with strategy.scope():
     teacher_source = teacher
     teacher, teacher_spec = model_io.load_teacher(teacher_source, train_split.image_shape,
@@ -201,6 +210,7 @@ def train_igam(student_spec, teacher, data_settings, optimizer, igam, run, teach
                  igam_start_step=igam.igam_start_step, weight_decay=optimizer.weight_decay,
                  disc_weight_decay=igam.disc_optimizer.weight_decay)
     model.compile(optimizer.build(), igam.disc_optimizer.build())
+    distribution.synchronize_batch_norm(model, strategy)
   _run(model, stream, validation, run,
        _config(student=student_spec, teacher=teacher_source,
                teacher_transform=teacher_transform, data=data_settings, optimizer=optimizer,
@@ -216,9 +226,9 @@ def train_baseline(method, student_spec, data_settings, optimizer, baseline, run
   if method not in METHODS or method == 'finetune':
     raise ValueError(f'train_baseline runs standard, pgd_at or grad_norm, got {method!r} '
                      f'(finetune is finetune_teacher)')
+  strategy = job_strategy(run)
   train_split, stream, validation = load_training_data(data_settings)
   student_spec = _fit_to_task(student_spec, train_split, 'student')
-  strategy = distribution.get_strategy(run.strategy)
   with strategy.scope():
     classifier = model_io.build_model(student_spec)
     common = dict(weight_decay=optimizer.weight_decay)
@@ -234,6 +244,7 @@ def train_baseline(method, student_spec, data_settings, optimizer, baseline, run
           gradient_of=baseline.gradient_of, penalty_start_step=baseline.penalty_start_step,
           **common)
     model.compile(optimizer=optimizer.build())
+    distribution.synchronize_batch_norm(model, strategy)
   _run(model, stream, validation, run,
        _config(method=method, student=student_spec, data=data_settings, optimizer=optimizer,
                baseline=baseline, run=run), {method: classifier})

@@ -60,6 +60,18 @@ def define_data_flags(default_dataset='cifar10', default_batch_size=128):
   flags.DEFINE_integer('seed', 0, 'Seeds data order, augmentation and attacks.')
 
 
+def define_strategy_flags():
+  """--strategy and --cpu_replicas (read by `distribution.get_strategy`)."""
+  flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
+                    'default: one device; mirrored: all local GPUs (without GPUs, '
+                    '--cpu_replicas logical CPUs), each batch split over them; '
+                    'multi_worker_mirrored: the machines in TF_CONFIG (the chief alone '
+                    'writes). Results are those of one device with the same --batch_size.')
+  flags.DEFINE_integer('cpu_replicas', 1, 'Split the host CPU into this many logical '
+                       'devices, the replicas of --strategy=mirrored on a machine without '
+                       'GPUs (to try the distributed path on a laptop or CI).', lower_bound=1)
+
+
 def define_run_flags(default_steps=1000, default_checkpoint_every=100):
   flags.DEFINE_string('model_dir', None, 'Checkpoints, TensorBoard logs and the trained model '
                       'go here; a rerun with the same flags resumes.')
@@ -67,8 +79,7 @@ def define_run_flags(default_steps=1000, default_checkpoint_every=100):
   flags.DEFINE_integer('checkpoint_every', default_checkpoint_every,
                        'Steps between checkpoints (train_steps must be a multiple).',
                        lower_bound=1)
-  flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
-                    'mirrored: all local GPUs; multi_worker_mirrored: machines in TF_CONFIG.')
+  define_strategy_flags()
   flags.DEFINE_integer('summary_every', 50, 'Steps between TensorBoard scalars.',
                        lower_bound=1)
   flags.DEFINE_list('resume_with_changes', [], 'Settings (flag names) a rerun may change '
@@ -165,7 +176,7 @@ def data_settings(f):
 def run_settings(f):
   return experiments.RunSettings(model_dir=f.model_dir, train_steps=f.train_steps,
                                  checkpoint_every=f.checkpoint_every, strategy=f.strategy,
-                                 summary_every=f.summary_every,
+                                 cpu_replicas=f.cpu_replicas, summary_every=f.summary_every,
                                  resume_with_changes=tuple(f.resume_with_changes))
 
 

@@ -58,7 +58,8 @@ class IGAM(keras.Model):
       discriminator (Sec. 4.3.2) and, with diff_window='crop', before L_diff.
     gradient_of: 'xent' (the paper's text) or 'true_prob' (the authors' code).
     adv_weight, diff_weight: the weights of L_adv and L_diff.
-    disc_every: one discriminator step per this many student steps.
+    disc_every: one discriminator step per this many student steps (under any number of
+      replicas).
     disc_update: with disc_every > 1, 'accumulate' (the mean of those steps' gradients,
       applied once) or 'current_batch' (the authors': one step on that step's batch).
     diff_window: 'crop' (ours: L_diff sees what the discriminator sees) or 'full'
@@ -92,15 +93,6 @@ class IGAM(keras.Model):
 
   def compile(self, student_optimizer, discriminator_optimizer, **kwargs):
     super().compile(optimizer=student_optimizer, **kwargs)
-    if self.disc_every > 1:
-      if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        # Both schedules put apply_gradients in a tf.cond, which cannot cross the
-        # replicas' synchronization point.
-        raise ValueError(f'disc_every={self.disc_every} needs a single replica; with '
-                         f'several, use disc_every=1 (and a smaller discriminator '
-                         f'learning rate for a slower discriminator).')
-      if self.disc_update == 'accumulate':
-        discriminator_optimizer.gradient_accumulation_steps = self.disc_every
     self.discriminator_optimizer = discriminator_optimizer
 
   def build(self, input_shape):
@@ -110,6 +102,14 @@ class IGAM(keras.Model):
     self.discriminator(self.crop(images))
     self.optimizer.build(self.student.trainable_variables)
     self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+    if self.disc_every > 1 and self.disc_update == 'accumulate':
+      # The sum of the discriminator's gradients since its last step, each replica its
+      # own share (on read, and in checkpoints, the replicas' sum).
+      self.disc_accumulators = [
+          keras.Variable(keras.initializers.Zeros(), shape=v.shape, dtype=v.dtype,
+                         trainable=False, aggregation='sum', synchronization='on_read',
+                         name=f'disc_accumulated_{i}')
+          for i, v in enumerate(self.discriminator.trainable_variables)]
     super().build(input_shape)
 
   def call(self, images, training=False):
@@ -167,10 +167,8 @@ class IGAM(keras.Model):
     disc_vars = self.discriminator.trainable_variables
     disc_gradients = [g * tf.cast(igam_on, g.dtype) for g in tape.gradient(disc_loss, disc_vars)]
     del tape
-    if self.disc_every > 1 and self.disc_update == 'current_batch':
-      take_step = igam_on & ((step - self.igam_start_step) % self.disc_every == 0)
-      tf.cond(take_step, lambda: self._apply_discriminator(disc_gradients, disc_vars),
-              lambda: None)
+    if self.disc_every > 1:
+      self._apply_discriminator_every(disc_gradients, disc_vars, step, igam_on)
     else:
       self._apply_discriminator(disc_gradients, disc_vars)
 
@@ -186,6 +184,39 @@ class IGAM(keras.Model):
 
   def _apply_discriminator(self, gradients, variables):
     self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
+
+  def _apply_discriminator_every(self, gradients, variables, step, igam_on):
+    """One discriminator step per disc_every student steps, the same under any number
+    of replicas.
+
+    'accumulate': on every disc_every-th call of its optimizer (which counts every
+    call, as Keras's gradient accumulation), the mean of the gradients since its last
+    step; 'current_batch': on every disc_every-th step from igam_start_step, that
+    step's gradients. No synchronization of replicas may sit inside a tf.cond, so the
+    update (its all-reduce of gradients included) runs every step, and on the steps
+    that take none, the discriminator's weights and its optimizer's state are put back.
+    """
+    optimizer = self.discriminator_optimizer
+    kept = list(variables) + [v for v in optimizer.variables if v is not optimizer.iterations]
+    if self.disc_update == 'accumulate':
+      take_step = (optimizer.iterations + 1) % self.disc_every == 0
+      applied = [(g + a) / self.disc_every for g, a in zip(gradients, self.disc_accumulators)]
+      for accumulator, gradient in zip(self.disc_accumulators, gradients):
+        accumulator.assign(tf.where(take_step, tf.zeros_like(gradient), accumulator + gradient))
+    else:
+      take_step = igam_on & ((step - self.igam_start_step) % self.disc_every == 0)
+      applied = gradients
+      kept.append(optimizer.iterations)  # counts the discriminator's steps only
+    before = [tf.identity(v) for v in kept]
+    self._apply_discriminator(applied, variables)
+
+    def put_back(strategy, before, take_step):
+      for variable, old in zip(kept, before):
+        variable = variable.value if isinstance(variable, keras.Variable) else variable
+        strategy.extended.update(
+            variable, lambda v, old, take: v.assign(tf.where(take, v, old)),
+            args=(old, take_step), group=False)
+    tf.distribute.get_replica_context().merge_call(put_back, args=(before, take_step))
 
   def test_step(self, data):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -326,16 +326,18 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
                         f'interval ({checkpoint_every})')
   check_resume_with_changes(resume_with_changes)
   images_shape = dataset.element_spec[0].shape
-  if not model.built:
-    model.build(images_shape)
-  if not model.optimizer.built:
-    model.optimizer.build(model.trainable_variables)
-  # Flat lists of every variable: TF's object-graph tracking misses variables that Keras
-  # keeps in plain Python lists (e.g. the BN statistics of MadryResNet's units).
-  optimizers = _optimizers_of(model)
-  checkpoint = tf.train.Checkpoint(
-      weights=list(model.weights),
-      optimizers=[list(optimizer.variables) for optimizer in optimizers])
+  # Variables are made in the strategy the model was built under (its replicas').
+  with model.distribute_strategy.scope():
+    if not model.built:
+      model.build(images_shape)
+    if not model.optimizer.built:
+      model.optimizer.build(model.trainable_variables)
+    # Flat lists of every variable: TF's object-graph tracking misses variables that Keras
+    # keeps in plain Python lists (e.g. the BN statistics of MadryResNet's units).
+    optimizers = _optimizers_of(model)
+    checkpoint = tf.train.Checkpoint(
+        weights=list(model.weights),
+        optimizers=[list(optimizer.variables) for optimizer in optimizers])
   directory = os.path.join(model_dir, CHECKPOINTS)
   manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
   candidates = _checkpoints_newest_first(manager, directory)

@@ -22,6 +22,11 @@ class BatchNorm(keras.layers.BatchNormalization):
   `batch_statistics=True` normalizes with the batch's own statistics without
   updating the moving averages: a frozen model run as the IGAM authors run their
   teacher (BN in training mode) or as Madry's code crafts its training attacks.
+
+  With `synchronized` (set under several replicas), batch statistics (training=True
+  or batch_statistics) are the global batch's, computed as `synchronized_moments`:
+  the values and the first and second derivatives (double backpropagation) that
+  tf.nn.moments gives on one device.
   """
 
   def __init__(self, name=None, **kwargs):
@@ -32,9 +37,37 @@ class BatchNorm(keras.layers.BatchNormalization):
   def call(self, inputs, training=None, batch_statistics=False):
     if not batch_statistics:
       return super().call(inputs, training=training)
-    mean, variance = tf.nn.moments(inputs, axes=[0, 1, 2])
+    mean, variance = self._moments(inputs, None)
     return tf.nn.batch_normalization(inputs, mean, variance, self.beta, self.gamma,
                                      self.epsilon)
+
+  def _moments(self, inputs, mask):
+    if mask is not None:
+      return super()._moments(inputs, mask)
+    if self.synchronized:
+      return synchronized_moments(inputs, [0, 1, 2])
+    return tf.nn.moments(inputs, axes=[0, 1, 2])
+
+
+def synchronized_moments(x, axes):
+  """tf.nn.moments of the replicas' global batch (all-reduced; on one replica, of `x`).
+
+  Two passes, as tf.nn.moments: the mean, then the mean squared difference from it with
+  the gradient stopped through the mean. So the first derivatives are the exact ones
+  and the second derivatives those of tf.nn.moments on one device (Keras's synchronized
+  moments, E[x^2] - E[x]^2, have other second derivatives, and round worse).
+  """
+  context = tf.distribute.get_replica_context()
+  if context is None:
+    return tf.nn.moments(x, axes)
+  count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+  count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+  mean = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                            tf.reduce_sum(x, axes, keepdims=True)) / count
+  squared = tf.math.squared_difference(x, tf.stop_gradient(mean))
+  variance = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                tf.reduce_sum(squared, axes, keepdims=True)) / count
+  return tf.squeeze(mean, axes), tf.squeeze(variance, axes)
 
 
 def normalize_images(images, input_normalization='standardize'):
