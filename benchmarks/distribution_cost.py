@@ -66,11 +66,12 @@ def ms_per_step(strategy, method, f):
       teacher(images[:1])
       model = IGAM(student, teacher, build_discriminator(3, 16), disc_every=f.disc_every)
       model.compile(sgd(), sgd())
+    model.build((None,) + shape)  # as training.train does
     distribution.synchronize_batch_norm(model, strategy)
   timer = _StepTimes()
   warm_up = 3
   model.fit(dataset, epochs=1, steps_per_epoch=warm_up + f.steps, callbacks=[timer],
-            verbose=0)
+            verbose=0, shuffle=False)
   return 1000 * (timer.times[-1] - timer.times[warm_up - 1]) / f.steps
 
 
