@@ -22,11 +22,13 @@ gives each model's mean and range: how far a run moves with its seed.
 
 import json
 import os
+import platform
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from igam_tf import data
 from igam_tf import distribution
@@ -70,6 +72,13 @@ def define_flags():
                     'and range over them. Unset: one run, with --seed, in OUTPUT_DIR.')
   flag_groups.define_strategy_flags()
   flags.mark_flag_as_required('output_dir')
+
+
+def _machine():
+  """What the timings were measured on."""
+  return (f'{platform.machine()} ({platform.processor() or "cpu"}), {os.cpu_count()} cores, '
+          f'{len(tf.config.list_physical_devices("GPU"))} GPU(s), Python '
+          f'{platform.python_version()}, TensorFlow {tf.__version__}')
 
 
 def demo_settings(f, seed):
@@ -164,7 +173,8 @@ def run_demo(f, seed, root):
                           visualization.gradient_grid(models, images, labels))
   timings['evaluation'] = round(time.time() - began, 1)
   timings['total'] = round(time.time() - start, 1)
-  settings = {**demo_settings(f, seed), 'test_examples': test.num_examples, 'seconds': timings}
+  settings = {**demo_settings(f, seed), 'test_examples': test.num_examples, 'seconds': timings,
+              'machine': _machine()}
   checked = (f'Gradient-masking checks (igam_tf/masking_checks.py, transfer attacks from the '
              f'standard student) ran on {f.masking_examples} examples: '
              + (f'{len(warnings)} warning(s) below.' if warnings else 'no warnings.')
@@ -267,4 +277,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_groups.parse_flags)

@@ -19,6 +19,7 @@ the settings and the warnings as JSON, and a Markdown table beside it.
 """
 
 import fractions
+import os
 
 from absl import app
 from absl import flags
@@ -45,11 +46,31 @@ def parse_radius(text):
   return value
 
 
-def _is_radius(text):
-  try:
-    return not text or parse_radius(text) >= 0
-  except ValueError:
-    return False
+def _radius_validator(name, positive=True, at_most_one=True):
+  """Registers a check of --`name`: a number or fraction, above 0 (or at least 0), at
+  most 1 (the [0, 1] pixel scale) where it is an L-inf radius; empty passes (unset)."""
+  def check(text):
+    if not text:
+      return True
+    try:
+      value = parse_radius(text)
+    except ValueError as e:
+      raise flags.ValidationError(f'--{name}: {e}') from None
+    if (positive and value <= 0) or (at_most_one and value > 1):
+      raise flags.ValidationError(
+          f'--{name}={text} is outside {"(0" if positive else "[0"}, '
+          f'{"1]" if at_most_one else "inf)"}: radii are on the [0, 1] pixel scale')
+    return True
+  flags.register_validator(name, check)
+
+
+def _check_attacks(names):
+  for name in names:
+    try:
+      attacks.parse_attack(name)
+    except ValueError as e:
+      raise flags.ValidationError(f'--attacks: {e}') from None
+  return True
 
 
 def define_flags():
@@ -69,7 +90,7 @@ def define_flags():
                     'Attacks, e.g. clean,fgsm,pgd5,pgd10,pgd20,pgd50,pgd100,apgd_ce,apgd_dlr, '
                     'or the AutoAttack ensemble: autoattack (APGD-CE, APGD-T, FAB-T, Square); '
                     'autoattack_fast runs APGD-CE and APGD-T only, reported as "AutoAttack '
-                    '(fast: APGD-CE, APGD-T)" (grammar in igam_tf/attacks.py).')
+                    '(fast: APGD-CE, APGD-T)" (grammar in igam_tf/attacks/names.py).')
   flags.DEFINE_string('epsilon', '8/255', 'L-inf radius on the [0, 1] scale: a float or a '
                       'fraction such as 8/255.')
   flags.DEFINE_string('step_size', '', 'PGD step size (float or fraction); empty: epsilon / 4.')
@@ -93,9 +114,10 @@ def define_flags():
                      'accuracy may rise before a masking check warns.', lower_bound=0)
   flags.DEFINE_string('transfer_from', None, 'A model folder, SavedModel or madry_*:PATH '
                       'checkpoint to craft transfer attacks on, for the masking checks.')
-  for name in ('epsilon', 'step_size', 'l2_epsilon', 'masking_large_epsilon'):
-    flags.register_validator(name, _is_radius, message=f'--{name} takes a number such as '
-                             '0.03 or 8/255')
+  for name in ('epsilon', 'step_size', 'masking_large_epsilon'):
+    _radius_validator(name)
+  _radius_validator('l2_epsilon', at_most_one=False)
+  flags.register_validator('attacks', _check_attacks)
 
 
 def _count(split, num_examples):
@@ -145,11 +167,28 @@ def _print_findings(reports, autoattack_warnings):
     for finding in report.findings:
       if not finding.suspicious:
         print(f'ok: {name}: {finding.check}: {finding.message}')
-  warnings = [f'{name}: {message}' for name, report in reports.items()
-              for message in report.warnings] + list(autoattack_warnings)
-  for warning in warnings:
+  for name, report in reports.items():
+    for message in report.warnings:
+      print(f'WARNING: {name}: {message}')
+  for warning in autoattack_warnings:
     print(f'WARNING: {warning}')
-  return warnings
+
+
+def _write_output(f, settings, accuracies, autoattack_runs, reports, quiet=False):
+  """Writes --output; while models remain, as a partial table that says so."""
+  evaluated = evaluation.Evaluation(accuracies, autoattack_runs)
+  sources = settings['models']
+  warnings = [f'{name}: {message}' for name, report in reports.items()
+              for message in report.warnings] + list(evaluated.warnings)
+  paths = evaluation.write_evaluation(
+      f.output, evaluated, settings, title=f'Robust accuracy (%) on {f.dataset}:{f.split}',
+      notes=['Worst case: accuracy on the examples that no attack broke.'] + (
+          [f'Partial: {len(accuracies)} of {len(sources)} models evaluated so far.']
+          if len(accuracies) < len(sources) else []),
+      warnings=warnings,
+      masking_checks={name: report.to_json() for name, report in reports.items()})
+  if not quiet:
+    print(f'Wrote {" and ".join(paths)}')
 
 
 def run_evaluation(f):
@@ -162,6 +201,9 @@ def run_evaluation(f):
   if f.masking_checks and large_eps <= eps:
     raise ValueError(f'--masking_large_epsilon ({large_eps}) must exceed --epsilon ({eps})')
   names = [attacks.parse_attack(a).name for a in f.attacks]  # bad names fail before loading
+  if f.output:  # an output that cannot be written fails now, not after the attacks
+    flag_groups.check_writable('output', f.output, os.path.dirname(
+        os.path.abspath(evaluation.output_paths(f.output)[0])))
   strategy = distribution.get_strategy(f.strategy, f.cpu_replicas)
   split = data.load_dataset(f.dataset, f.split, data_dir=f.data_dir, image_size=f.image_size,
                             classes=f.classes)
@@ -169,6 +211,8 @@ def run_evaluation(f):
   masking_examples = min(f.masking_examples, examples)
   sources = _sources(f)
   models, transfer = _load_models(sources, f.transfer_from, split, strategy)
+  settings = _settings(f, examples, eps, step_size, l2_eps, large_eps, sources=sources,
+                       masking_examples=masking_examples)
 
   order = names if 'clean' in names else ['clean'] + names
   print(f'Evaluating {len(models)} model(s) on {examples} examples of {f.dataset}:{f.split}, '
@@ -196,6 +240,8 @@ def run_evaluation(f):
             batch_size=f.batch_size)
     except attacks.AttackError as e:
       raise ValueError(f'{name}: {e}') from e
+    if f.output and i < len(models):  # the models done so far survive a later failure
+      _write_output(f, settings, accuracies, autoattack_runs, reports, quiet=True)
 
   evaluated = evaluation.Evaluation(accuracies, autoattack_runs)
   table = evaluation.markdown_table(accuracies)
@@ -205,16 +251,9 @@ def run_evaluation(f):
     print(f'\n{evaluation.autoattack_title(autoattack_runs)}, attack by attack (accuracy % '
           'after each; each attacks only the points the earlier ones left):')
     print(evaluation.autoattack_table(autoattack_runs))
-  warnings = _print_findings(reports, evaluated.warnings)
+  _print_findings(reports, evaluated.warnings)
   if f.output:
-    settings = _settings(f, examples, eps, step_size, l2_eps, large_eps, sources=sources,
-                         masking_examples=masking_examples)
-    paths = evaluation.write_evaluation(
-        f.output, evaluated, settings, title=f'Robust accuracy (%) on {f.dataset}:{f.split}',
-        notes=['Worst case: accuracy on the examples that no attack broke.'],
-        warnings=warnings,
-        masking_checks={name: report.to_json() for name, report in reports.items()})
-    print(f'Wrote {" and ".join(paths)}')
+    _write_output(f, settings, accuracies, autoattack_runs, reports)
   return table
 
 
@@ -228,4 +267,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_groups.parse_flags)

@@ -13,12 +13,14 @@ checkpoint unless given. The SavedModel's signatures, `serving_default` and
 `saved_model_cli show --dir EXPORT_DIR --all`.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
 import tensorflow as tf
 
+from igam_tf import flag_groups
 from igam_tf import model_io
 from igam_tf import serving
 import madry_models
@@ -69,6 +71,12 @@ def main(argv):
     print(f'ERROR: --export_dir={f.export_dir} exists and is not empty; pass --overwrite '
           'to replace it.', file=sys.stderr)
     return 1
+  try:  # the export is written beside --export_dir, then renamed into place
+    flag_groups.check_writable('export_dir', f.export_dir,
+                               os.path.dirname(os.path.abspath(f.export_dir)))
+  except ValueError as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 1
   if f.model == 'trained':
     return export_trained(f.model_dir, f.export_dir, f.overwrite)
   if not f.checkpoint:
@@ -114,4 +122,4 @@ def export_trained(model_dir, export_dir, overwrite):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_groups.parse_flags)

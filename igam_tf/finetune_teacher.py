@@ -5,7 +5,8 @@
       --model_dir=runs/teacher_mnist_cifar10
 
 The source (a MadryLab checkpoint, or any model folder this project trained) is
-frozen, BN in inference mode; a new K-way logit layer (and the transform's own
+frozen (its BN as --teacher_bn says: the moving averages by default, or each batch's
+statistics as the IGAM authors' code); a new K-way logit layer (and the transform's own
 weights, for transpose_conv) is trained with Adam. The teacher is saved to
 --model_dir for train_igam, export and evaluate.
 """

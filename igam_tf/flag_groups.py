@@ -8,7 +8,9 @@ parsed, before any work; `parse_flags` reports them as a one-line error.
 """
 
 import functools
+import os
 import sys
+import tempfile
 
 from absl import flags
 
@@ -97,6 +99,12 @@ def define_run_flags(default_steps=1000, default_checkpoint_every=100):
 
 
 def _check_resume_with_changes(names):
+  unknown = [name for name in names if name not in flags.FLAGS]
+  if unknown:
+    raise flags.ValidationError(
+        f'--resume_with_changes names {", ".join(unknown)}, which '
+        f'{"is not a flag" if len(unknown) == 1 else "are not flags"} of this binary: it '
+        f'takes flag names without dashes, e.g. learning_rate,train_steps')
   try:
     training.check_resume_with_changes(names)
   except training.TrainingError as e:
@@ -174,6 +182,7 @@ def data_settings(f):
 
 
 def run_settings(f):
+  check_writable('model_dir', f.model_dir)
   return experiments.RunSettings(model_dir=f.model_dir, train_steps=f.train_steps,
                                  checkpoint_every=f.checkpoint_every, strategy=f.strategy,
                                  cpu_replicas=f.cpu_replicas, summary_every=f.summary_every,
@@ -207,13 +216,30 @@ def student_spec(f):
       input_normalization=f.student_input_normalization)
 
 
+def check_writable(flag, value, folder=None):
+  """Refuses, before any work, a --`flag`=`value` whose `folder` (the value itself by
+  default) cannot be written: a file in the way, or a place where no file can be made.
+  Creates nothing."""
+  folder = os.path.abspath(folder or value)
+  while not os.path.isdir(folder):
+    if os.path.exists(folder):
+      raise ValueError(f'--{flag}={value}: {folder} is a file, not a folder')
+    folder = os.path.dirname(folder)
+  try:
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    raise ValueError(f'--{flag}={value}: cannot write in {folder} ({e.strerror})') from None
+
+
 def parse_flags(argv):
   """app.run's flag parser: a bad flag value ends the binary with a one-line error
   (absl's names the flag) before any work."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f'ERROR: {e}', file=sys.stderr)
+    message = '; '.join(line for line in str(e).splitlines() if line.strip())
+    print(f'ERROR: {message}', file=sys.stderr)
     sys.exit(1)
 
 
@@ -226,5 +252,9 @@ def reports_errors(main):
       return main(argv)
     except (ValueError, training.TrainingError) as e:
       print(f'ERROR: {e}', file=sys.stderr)
+      return 1
+    except OSError as e:  # a file or folder that cannot be read or written; it names it
+      print(f'ERROR: {e.strerror}: {e.filename}' if e.filename else f'ERROR: {e}',
+            file=sys.stderr)
       return 1
   return wrapped

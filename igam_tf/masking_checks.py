@@ -16,6 +16,9 @@ run cheaply on the first few hundred examples:
                   attacks (their per-example worst case).
   zero_gradients  few examples may have an all-zero input gradient: gradient attacks
                   cannot move them.
+  outputs         the model must return logits: on probabilities (a softmax at its end)
+                  the attacks' losses saturate (AutoAttack's own check, run whatever the
+                  attacks).
 
 "Rise" and "weaker" allow `tolerance` percentage points: attacks on the same examples
 differ by a few examples even without masking (PGD keeps its last iterate, not its
@@ -38,7 +41,7 @@ MAX_ZERO_GRADIENT_PERCENT = 1.0
 TOLERANCE = 2.0  # percentage points
 NUM_EXAMPLES = 500
 CHECKS = ('steps', 'single_step', 'epsilon', 'large_epsilon', 'apgd', 'transfer',
-          'zero_gradients')
+          'zero_gradients', 'outputs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +161,15 @@ def check_zero_gradients(num_zero, num_examples, max_percent=MAX_ZERO_GRADIENT_P
   return Finding('zero_gradients', False, f'{numbers} have an all-zero input gradient')
 
 
+def check_outputs(outputs):
+  """`outputs`: the model's outputs [N, classes] on clean examples."""
+  message = attacks.probability_warning(outputs)
+  if message:
+    return Finding('outputs', True, message)
+  return Finding('outputs', False, f'the outputs on {len(outputs)} examples are logits, not '
+                 'probabilities')
+
+
 def require_input_gradient(model, dataset, num_examples=8):
   """Raises AttackError if `model` gives no gradient at all with respect to its input (a
   non-differentiable op such as tf.round): gradient attacks cannot evaluate it. Eager,
@@ -268,4 +280,6 @@ def run_checks(model, dataset, epsilon, *, step_size=None, num_examples=NUM_EXAM
         int(np.sum(white_box & ~transferred.correct)), tolerance))
   findings.append(check_zero_gradients(measurements['zero_gradient_examples'], num,
                                        max_zero_gradient_percent))
+  images = next(iter(subset.batch(num)))[0]
+  findings.append(check_outputs(attacks.logits_of(model, tf.cast(images, tf.float32)).numpy()))
   return MaskingReport(tuple(findings), measurements)

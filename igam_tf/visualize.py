@@ -10,6 +10,8 @@ folder, a SavedModel (through its input_gradients signature) or madry_mnist:PATH
 madry_cifar10:PATH; the model names head the columns.
 """
 
+import os
+
 from absl import app
 from absl import flags
 
@@ -52,6 +54,7 @@ def parse_models(entries):
 def draw(f):
   """Draws the grid the flags `f` describe, writes it and returns its legend."""
   sources = parse_models(f.models)
+  flag_groups.check_writable('output', f.output, os.path.dirname(os.path.abspath(f.output)))
   split = data.load_dataset(f.dataset, f.split, data_dir=f.data_dir, image_size=f.image_size,
                             classes=f.classes)
   models = {}
@@ -78,4 +81,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_groups.parse_flags)

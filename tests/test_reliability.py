@@ -57,11 +57,8 @@ class ReliabilityTest(tf.test.TestCase):
     shutil.copytree(self.trained, model_dir)
     return model_dir
 
-  def assert_refused(self, binary, argv, model_dir, *expected):
-    """The binary exits non-zero with one ERROR line holding each of `expected`, no
-    traceback, and `model_dir` exactly as it was."""
-    before = folder_contents(model_dir)
-    result = run_binary(binary, *argv, f'--model_dir={model_dir}')
+  def assert_one_error(self, result, *expected):
+    """A non-zero exit with one ERROR line holding each of `expected`, no traceback."""
     self.assertNotEqual(result.returncode, 0, result.stdout[-2000:])
     self.assertNotIn('Traceback', result.stderr)
     errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR:')]
@@ -69,8 +66,16 @@ class ReliabilityTest(tf.test.TestCase):
     for part in expected:
       self.assertIn(part, errors[0])
     self.assertNotIn('saved', result.stdout)
-    self.assertEqual(folder_contents(model_dir), before)
     return errors[0]
+
+  def assert_refused(self, binary, argv, model_dir, *expected):
+    """The binary exits non-zero with one ERROR line holding each of `expected`, no
+    traceback, and `model_dir` exactly as it was."""
+    before = folder_contents(model_dir)
+    error = self.assert_one_error(run_binary(binary, *argv, f'--model_dir={model_dir}'),
+                                  *expected)
+    self.assertEqual(folder_contents(model_dir), before)
+    return error
 
   def test_a_training_split_smaller_than_one_batch_is_refused_by_every_binary(self):
     # Digits 5 and 6 have 254 training examples: no whole batch of 256.
@@ -193,6 +198,64 @@ class ReliabilityTest(tf.test.TestCase):
       with self.subTest(f'{binary} {" ".join(argv)}'):
         argv = (baseline + argv) if binary == 'train_baseline' else argv
         self.assert_refused(binary, argv, model_dir, flag)
+
+  def test_bad_evaluation_flags_are_refused_before_any_attack(self):
+    model_dir = self.copy_of_trained()
+    in_the_way = os.path.join(self.root, 'a_file')
+    with open(in_the_way, 'w') as f:
+      f.write('not a folder')
+    task = ('--dataset=digits', '--classes=0,1', '--num_examples=8')
+    cases = [(('--epsilon=2',), '--epsilon=2 is outside (0, 1]'),
+             (('--epsilon=0',), '--epsilon=0 is outside (0, 1]'),
+             (('--step_size=0',), '--step_size=0 is outside (0, 1]'),
+             (('--epsilon=big',), '--epsilon'),
+             (('--attacks=pgd0',), "'pgd0' takes no step at all"),
+             (('--attacks=clean,pgd20_linf',), "Unknown attack 'pgd20_linf'"),
+             ((f'--output={in_the_way}/report.json',), f'--output={in_the_way}/report.json',
+              'is a file, not a folder')]
+    for argv, *expected in cases:
+      with self.subTest(' '.join(argv)):
+        self.assert_refused('evaluate', task + argv, model_dir, *expected)
+
+  def test_bad_paths_and_damaged_files_get_one_line_errors(self):
+    in_the_way = os.path.join(self.root, 'in_the_way')
+    with open(in_the_way, 'w') as f:
+      f.write('not a folder')
+    self.assert_one_error(run_binary('train_baseline', *TINY, '--train_steps=4',
+                                     f'--model_dir={in_the_way}/run'),
+                          f'--model_dir={in_the_way}/run', 'is a file, not a folder')
+    self.assert_one_error(run_binary('export', '--model=trained', f'--model_dir={self.trained}',
+                                     f'--export_dir={in_the_way}/export'),
+                          f'--export_dir={in_the_way}/export', 'is a file, not a folder')
+    self.assert_one_error(run_binary('export', f'--model_dir={self.trained}'), '--model',
+                          '--export_dir')
+    self.assert_refused('train_baseline', TINY + ('--resume_with_changes=lerning_rate',),
+                        self.copy_of_trained(), 'lerning_rate, which is not a flag')
+    damaged = self.copy_of_trained()
+    with open(os.path.join(damaged, model_io.SPEC_FILE), 'w') as f:
+      f.write('{"kind": ')
+    spec_file = os.path.join(damaged, model_io.SPEC_FILE)
+    self.assert_one_error(run_binary('export', '--model=trained', f'--model_dir={damaged}',
+                                     f'--export_dir={self.root}/export_damaged'), spec_file,
+                          'is not a model spec')
+    self.assertFalse(os.path.exists(f'{self.root}/export_damaged'))
+    self.assert_refused('evaluate', ('--dataset=digits', '--classes=0,1'), damaged, spec_file)
+    with open(os.path.join(damaged, 'run_config.json'), 'w') as f:
+      f.write('')
+    self.assert_refused('train_baseline', TINY + ('--train_steps=8',), damaged,
+                        os.path.join(damaged, 'run_config.json'), 'move it aside')
+
+  def test_teacher_transforms_that_do_not_fit_are_refused(self):
+    task = ('--dataset=digits', '--classes=0,1', '--batch_size=16', '--train_steps=2',
+            '--checkpoint_every=2', f'--source={self.trained}')
+    model_dir = tempfile.mkdtemp(dir=self.root)
+    for transform, message in (('resize:0', 'the size must be a positive integer'),
+                               ('center_crop:400', 'center_crop:400 is larger than'),
+                               ('center_pad:4', 'center_pad:4 is smaller than'),
+                               ('blur:3', 'Unknown teacher transform')):
+      with self.subTest(transform):
+        self.assert_refused('finetune_teacher', task + (f'--transform={transform}',),
+                            model_dir, message)
 
   def test_the_default_optimizer_trains_simple_cnn(self):
     # Only the step flags: the architecture's own optimizer and learning rate.

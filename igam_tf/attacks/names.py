@@ -94,6 +94,10 @@ def parse_attack(name):
     raise ValueError(f'Unknown attack {name!r}; expected clean, fgsm, pgd<k>[_dlr][_l2], '
                      f'apgd[<k>]_(ce|dlr)[_l2], apgd[<k>]_t, fab[<k>]_t, square[<q>], '
                      f'autoattack or autoattack_fast, e.g. {", ".join(ATTACKS)}')
+  counts = [match[group] for group in _NAME_GRAMMAR.groupindex if group.endswith('_steps')]
+  if any(count is not None and int(count) < 1 for count in counts):
+    raise ValueError(f'Attack {name!r} takes no step at all: give it at least one '
+                     f'(e.g. pgd20, square1000)')
   if match['clean']:
     return AttackSpec(name, 'clean')
   if match['fgsm']:
