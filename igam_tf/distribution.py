@@ -2,7 +2,7 @@
 
 Every job builds its strategy here (`get_strategy`), first thing, before TensorFlow
 starts its devices: a host CPU split into logical devices (`--cpu_replicas`) must be
-configured before then, and MultiWorkerMirroredStrategy must exist before any op runs.
+configured before then. (multi_worker_mirrored is refused for now: see `get_strategy`.)
 
 The jobs train the same under any number of replicas: losses are summed over each
 replica's share and divided by the global batch (gradients are summed across
@@ -44,25 +44,30 @@ def get_strategy(name='default', cpu_replicas=1, devices=None):
   """The strategy `name` names, made once per process (jobs run in sequence share it).
 
   'default': one device. 'mirrored': every local GPU; without GPUs, every logical CPU
-  (`cpu_replicas` of them). 'multi_worker_mirrored': the workers TF_CONFIG names, each
-  with its local GPUs (or one CPU). `devices` (mirrored only) names the devices.
+  (`cpu_replicas` of them). 'multi_worker_mirrored' (the workers TF_CONFIG names) is
+  refused for now, with a ValueError saying why. `devices` (mirrored only) names the
+  devices.
   """
   if name not in STRATEGIES:
     raise ValueError(f'--strategy must be one of {", ".join(STRATEGIES)}, got {name!r}')
+  if name == 'multi_worker_mirrored':
+    # Keras 3.15's fit fails under it (it reduces a structure of per-replica values to
+    # build the model, and concatenates scalar logs across workers), and nothing here
+    # yet keeps the other workers from writing, or gathers evaluation counts.
+    raise ValueError('--strategy=multi_worker_mirrored does not run yet (Keras\'s fit '
+                     'cannot train under MultiWorkerMirroredStrategy here, and only one '
+                     'process may write a run): use --strategy=mirrored for all GPUs of '
+                     'one machine')
   key = (name, cpu_replicas, tuple(devices or ()))
   if key in _strategies:
     return _strategies[key]
   configure_cpu_replicas(cpu_replicas)
   if name == 'default':
     strategy = tf.distribute.get_strategy()
-  elif name == 'mirrored':
+  else:
     if devices is None and not tf.config.list_physical_devices('GPU'):
       devices = [device.name for device in tf.config.list_logical_devices('CPU')]
     strategy = tf.distribute.MirroredStrategy(devices)
-  else:
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
   _strategies[key] = strategy
   return strategy
 
@@ -110,15 +115,3 @@ def global_example_ids(local_batch):
   replica = 0 if context is None else context.replica_id_in_sync_group
   local_batch = tf.cast(local_batch, tf.int64)
   return tf.cast(replica, tf.int64) * local_batch + tf.range(local_batch, dtype=tf.int64)
-
-
-def is_chief(strategy):
-  """Whether this process writes the job's files: always, but under several workers,
-  only the chief (TF_CONFIG's chief, or worker 0 when none is named)."""
-  resolver = getattr(strategy, 'cluster_resolver', None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
-    return True
-  task_type, task_id = resolver.task_type, resolver.task_id
-  if task_type == 'chief':
-    return True
-  return task_type == 'worker' and task_id == 0 and 'chief' not in resolver.cluster_spec().jobs

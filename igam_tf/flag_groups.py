@@ -67,8 +67,8 @@ def define_strategy_flags():
   flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
                     'default: one device; mirrored: all local GPUs (without GPUs, '
                     '--cpu_replicas logical CPUs), each batch split over them; '
-                    'multi_worker_mirrored: the machines in TF_CONFIG (the chief alone '
-                    'writes). Results are those of one device with the same --batch_size.')
+                    'multi_worker_mirrored: several machines, refused for now (see README). '
+                    'Results are those of one device with the same --batch_size.')
   flags.DEFINE_integer('cpu_replicas', 1, 'Split the host CPU into this many logical '
                        'devices, the replicas of --strategy=mirrored on a machine without '
                        'GPUs (to try the distributed path on a laptop or CI).', lower_bound=1)
