@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import hashlib
-import http.server
 import io
 import os
 import shutil
@@ -20,6 +19,7 @@ import tensorflow as tf
 
 from madry_models import fetch as fetch_lib
 from madry_models.checkpoints import resolve_checkpoint
+from tests import release_server
 
 NAME = 'mnist_adv_trained'
 # The release table as shipped; setUp points NAME's git blob id at the served zip.
@@ -51,15 +51,7 @@ def _fake_release_zip(extra_entries=()):
         saver.save(sess, os.path.join(folder, 'checkpoint'), global_step=99900)
     with open(os.path.join(folder, 'checkpoint')) as f:
       assert 'model_checkpoint_path: "checkpoint-99900"' in f.read()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, 'w') as archive:
-      archive.writestr('models/', b'')
-      archive.writestr('models/adv_trained/', b'')
-      for entry in sorted(os.listdir(folder)):
-        archive.write(os.path.join(folder, entry), f'models/adv_trained/{entry}')
-      for name, data in extra_entries:
-        archive.writestr(zipfile.ZipInfo(name), data)
-    return buffer.getvalue()
+    return release_server.release_zip(folder, 'models/adv_trained', extra_entries)
 
 
 def _blob_id(data):
@@ -135,27 +127,6 @@ def _closed_port():
     return s.getsockname()[1]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-  timeout = 10  # a stuck client cannot hold the server thread
-  files = {}
-  requests = []
-
-  def do_GET(self):  # pylint: disable=invalid-name
-    self.requests.append(self.path)
-    data = self.files.get(self.path)
-    if data is None:
-      self.send_error(404)
-      return
-    self.send_response(200)
-    self.send_header('Content-Type', 'application/zip')
-    self.send_header('Content-Length', str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
-
-  def log_message(self, *args):
-    pass
-
-
 class FetchTest(tf.test.TestCase):
 
   @classmethod
@@ -166,28 +137,19 @@ class FetchTest(tf.test.TestCase):
 
   def setUp(self):
     super().setUp()
-    # Never send 127.0.0.1 through a proxy that the environment may name.
-    env = mock.patch.dict(os.environ, {'no_proxy': '127.0.0.1,localhost',
-                                       'NO_PROXY': '127.0.0.1,localhost'})
+    env = mock.patch.dict(os.environ, release_server.NO_PROXY)
     env.start()
     self.addCleanup(env.stop)
-    handler = type('Handler', (_Handler,), {'files': {}, 'requests': []})
-    handler.files['/adv_trained.zip'] = self.zip_bytes
-    self.handler = handler
-    self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    self.server.daemon_threads = True
-    self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-    self.thread.start()
-    self.url = f'http://127.0.0.1:{self.server.server_address[1]}/adv_trained.zip'
+    self.server = release_server.ReleaseServer({'/adv_trained.zip': self.zip_bytes})
+    self.handler = self.server.handler
+    self.url = self.server.url('/adv_trained.zip')
     self.publish(self.zip_bytes)
     # tempfile, not create_tempdir: that reads absl flags, unparsed under pytest.
     self.dir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
 
   def tearDown(self):
-    self.server.shutdown()
-    self.server.server_close()
-    self.thread.join(timeout=10)
+    self.server.close()
     super().tearDown()
 
   def publish(self, data, name=NAME):
