@@ -140,10 +140,17 @@ def _check_trainable(train_split, settings):
         f'--batch_size to at most {count}, or train on more data.')
 
 
-def job_strategy(run):
+def job_strategy(run, batch_size):
   """The distribution strategy `run` names (made before any data is loaded: a CPU split
-  into replicas, or several workers, must be set up before TensorFlow runs anything)."""
-  return distribution.get_strategy(run.strategy, run.cpu_replicas)
+  into replicas must be set up before TensorFlow runs anything). The global batch must
+  split evenly over its replicas (each replica's loss is divided by the global batch)."""
+  strategy = distribution.get_strategy(run.strategy, run.cpu_replicas)
+  replicas = strategy.num_replicas_in_sync
+  if batch_size % replicas:
+    raise ValueError(f'--batch_size={batch_size} does not split evenly over the {replicas} '
+                     f'replicas of --strategy={run.strategy}: make it a multiple of '
+                     f'{replicas} (it is the global batch, whatever the number of replicas)')
+  return strategy
 
 
 def _run(model, stream, validation, run, config, gradient_models):
@@ -166,7 +173,7 @@ def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
   """Section 4.1: a new K-way head (and the transform's weights, if any) trained with
   Adam on the target task; every source weight frozen, its BN as `teacher_bn` says
   (see `teacher.Teacher`). Returns the teacher."""
-  strategy = job_strategy(run)
+  strategy = job_strategy(run, data_settings.batch_size)
   train_split, stream, validation = load_training_data(data_settings)
   with strategy.scope():
     source_model, source_spec = model_io.load_source(source, num_classes=source_num_classes)
@@ -189,7 +196,7 @@ def train_igam(student_spec, teacher, data_settings, optimizer, igam, run, teach
   teacher: a folder written by `finetune_teacher`, or a MadryLab-layout checkpoint
   with a finetuned head plus `teacher_transform` (see `model_io.load_teacher`).
   Returns the student."""
-  strategy = job_strategy(run)
+  strategy = job_strategy(run, data_settings.batch_size)
   train_split, stream, validation = load_training_data(data_settings)
   student_spec = _fit_to_task(student_spec, train_split, 'student')
   with strategy.scope():
@@ -226,7 +233,7 @@ def train_baseline(method, student_spec, data_settings, optimizer, baseline, run
   if method not in METHODS or method == 'finetune':
     raise ValueError(f'train_baseline runs standard, pgd_at or grad_norm, got {method!r} '
                      f'(finetune is finetune_teacher)')
-  strategy = job_strategy(run)
+  strategy = job_strategy(run, data_settings.batch_size)
   train_split, stream, validation = load_training_data(data_settings)
   student_spec = _fit_to_task(student_spec, train_split, 'student')
   with strategy.scope():

@@ -166,6 +166,17 @@ class BinariesTest(tf.test.TestCase):
     student, _ = model_io.load_model(f'{root}/igam')
     self.assertTrue(all(np.all(np.isfinite(w)) for w in student.get_weights()))
 
+  def test_uneven_global_batch_is_refused(self):
+    completed = subprocess.run(
+        [sys.executable, '-m', 'igam_tf.train_baseline', '--method=standard',
+         '--dataset=digits', '--student_architecture=simple_cnn', '--batch_size=15',
+         '--train_steps=2', '--checkpoint_every=2', f'--model_dir={tempfile.mkdtemp()}/run',
+         '--strategy=mirrored', '--cpu_replicas=2'],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    self.assertEqual(completed.returncode, 1, completed.stderr[-3000:])
+    self.assertIn('ERROR: --batch_size=15 does not split evenly over the 2 replicas',
+                  completed.stderr)
+
 
 if __name__ == '__main__':
   tf.test.main()
