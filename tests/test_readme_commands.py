@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from tests import release_server
@@ -92,17 +91,18 @@ class Binary:
 
 # One row per binary the README runs: the flags that make its command small.
 SHRINK = {
-    # Few steps and images; attacks the binary runs on all 269 test images: two cheap
-    # ones; the masking checks (minutes per model even on 4 examples) skipped.
+    # Few steps; two cheap attacks (the demo attacks all 269 target test images, and no
+    # flag shrinks that); its masking checks (~90 s per model even on 4 examples) skipped.
     'igam_tf.demo': Binary(['--teacher_steps=2', '--finetune_steps=2', '--student_steps=2',
                             '--batch_size=8', '--attacks=clean,fgsm', '--masking_examples=0']),
     'madry_models.fetch': Binary(_fetch_shrink),
     'igam_tf.export': Binary([]),
-    # Few examples; cheap attacks instead of the README's: AutoAttack, PGD-100 and the
-    # masking checks cost about 40 s per model even on one example (their compiled loops
-    # and Square's 5000 queries), and runs/demo holds 9 models. The README's --attacks are
-    # checked to parse with the binary's own validators (test_readme_flags_parse), and the
-    # attacks themselves are tested in test_attacks.py and test_autoattack.py.
+    # Few examples; cheap attacks instead of the README's: its third command's list costs
+    # ~40 s per model even on one example (each attack's loop traced per model, Square's
+    # 5000 queries on any point left), the masking checks ~90 s, and runs/demo holds 9
+    # models. The README's --attacks still pass the binary's own validators
+    # (test_readme_flags_parse); the attacks are tested in test_attacks.py and
+    # test_autoattack.py, the masking checks in test_evaluate.py.
     'igam_tf.evaluate': Binary([f'--num_examples={EVALUATE_EXAMPLES}',
                                 f'--batch_size={EVALUATE_EXAMPLES}', '--attacks=clean,fgsm',
                                 '--masking_checks=false'], default_dataset='cifar10'),
@@ -129,8 +129,8 @@ def command_blocks(text):
 
 
 def readme_commands():
-  """(commands of the shell blocks as argv lists, comments dropped, in order; untagged
-  lines that look like commands)."""
+  """(commands of the shell blocks as argv lists, comments dropped, in order; lines of
+  other blocks that look like commands)."""
   with open(README) as f:
     blocks = command_blocks(f.read())
   commands, stray = [], []
