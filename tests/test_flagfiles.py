@@ -21,10 +21,19 @@ FLAGS_DIR = os.path.join(REPO, 'flags')
 # Training order: sources before the teachers finetuned from them, teachers before students.
 BINARY_ORDER = ('train_baseline', 'finetune_teacher', 'train_igam', 'demo')
 
+# Processes that share each binary's runs: a run is mostly graph tracing, one core's work,
+# so two processes use CI's two cores.
+WORKERS = 2
+
+# Runs job['runs'] (argv lists) through igam_tf.<job['binary']>'s main in one process.
+# Grappler's graph rewrites are off: they cost seconds per run on the large second-order
+# graphs and change no result that the test looks at (exit status, files written).
 _RUNNER = textwrap.dedent('''
     import importlib, json, os, sys
     from absl import flags
+    import tensorflow as tf
     import tensorflow_datasets as tfds
+    tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
     job = json.loads(sys.argv[1])
     module = importlib.import_module('igam_tf.' + job['binary'])
     module.define_flags()
@@ -34,6 +43,12 @@ _RUNNER = textwrap.dedent('''
         flags.FLAGS(['prog'] + argv)
         print('RUN', argv[0], 'EXIT', module.main(['prog']), flush=True)
 ''')
+
+
+def _stop(process):
+  if process.poll() is None:
+    process.kill()
+    process.wait()
 
 
 def read_flagfile(name):
@@ -137,26 +152,31 @@ class FlagfileTest(tf.test.TestCase):
                 if binary == 'demo' else os.path.join(self.root, values['model_dir'], 'model.json'))
       jobs[binary].append(([f'--flagfile=flags/{name}'] + self.overrides(values, binary), output))
     for binary in BINARY_ORDER:
-      if not jobs[binary]:
-        continue
-      result = subprocess.run(
+      # Runs of one binary never depend on each other: each worker takes every WORKERS-th.
+      shards = [jobs[binary][i::WORKERS] for i in range(WORKERS) if jobs[binary][i::WORKERS]]
+      workers = [subprocess.Popen(
           [sys.executable, '-c', _RUNNER,
-           json.dumps({'binary': binary, 'runs': [argv for argv, _ in jobs[binary]]})],
-          cwd=REPO, capture_output=True, text=True, timeout=900)
-      self.assertEqual(result.returncode, 0, f'{binary}:\n{result.stderr[-4000:]}')
-      exits = re.findall(r'^RUN (\S+) EXIT (\S+)$', result.stdout, re.M)
-      self.assertLen(exits, len(jobs[binary]), result.stderr[-4000:])
-      for (flagfile, code), (_, output) in zip(exits, jobs[binary]):
-        self.assertIn(code, ('0', 'None'), f'{flagfile} failed:\n{result.stderr[-4000:]}')
-        self.assertTrue(os.path.exists(output), f'{flagfile} wrote no {output}')
-        if binary == 'demo':  # every model of the table also got an AutoAttack run
-          with open(output) as f:
-            report = json.load(f)
-          rows = report.keys() - {'settings', 'warnings', 'autoattack_runs'}
-          self.assertLen(rows, 6)
-          self.assertSameElements(report['autoattack_runs'], rows)
-          for name in rows:
-            self.assertIn('autoattack_fast', report[name])
+           json.dumps({'binary': binary, 'runs': [argv for argv, _ in shard]})],
+          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for shard in shards]
+      for worker in workers:  # none is left running when an assertion fails
+        self.addCleanup(_stop, worker)
+      for worker, shard in zip(workers, shards):
+        stdout, stderr = worker.communicate(timeout=900)
+        self.assertEqual(worker.returncode, 0, f'{binary}:\n{stderr[-4000:]}')
+        exits = re.findall(r'^RUN (\S+) EXIT (\S+)$', stdout, re.M)
+        self.assertLen(exits, len(shard), stderr[-4000:])
+        for (flagfile, code), (_, output) in zip(exits, shard):
+          self.assertIn(code, ('0', 'None'), f'{flagfile} failed:\n{stderr[-4000:]}')
+          self.assertTrue(os.path.exists(output), f'{flagfile} wrote no {output}')
+          if binary == 'demo':  # every model of the table also got an AutoAttack run
+            with open(output) as f:
+              report = json.load(f)
+            rows = report.keys() - {'settings', 'warnings', 'autoattack_runs'}
+            self.assertLen(rows, 6)
+            self.assertSameElements(report['autoattack_runs'], rows)
+            for name in rows:
+              self.assertIn('autoattack_fast', report[name])
 
 
 if __name__ == '__main__':
