@@ -57,6 +57,10 @@ def build_classifier(architecture, num_classes, image_shape, activation=None, fi
   else:
     raise ValueError(f'Unknown architecture {architecture!r}; known: {", ".join(ARCHITECTURES)}')
   model(keras.ops.zeros((1,) + tuple(image_shape)))
+  if not isinstance(model, keras.Sequential):
+    # the shape it was built for, not the class's (a fully convolutional madry_resnet
+    # trained on 1-channel digits takes those, not 32x32x3)
+    model.input_image_shape = tuple(int(d) for d in image_shape)
   return model
 
 

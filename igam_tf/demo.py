@@ -269,6 +269,7 @@ def run_seeds(f, seeds):
 def main(argv):
   del argv
   f = flags.FLAGS
+  flag_groups.check_writable('output_dir', f.output_dir)  # before minutes of training
   if f.seeds:
     print(run_seeds(f, [int(s) for s in f.seeds]))
   else:

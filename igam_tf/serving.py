@@ -52,7 +52,12 @@ def _signature_functions(model, image_shape, num_classes):
   def logits_of(images):
     # A mixed-precision student returns float16 logits; serve float32.
     images = _check_images(images, image_shape)
-    return tf.cast(model(images, training=False), tf.float32)
+    # An empty batch gets empty logits without running the model: TF 2.21's oneDNN
+    # convolution returns its input's shape for an empty batch on some CPUs (seen on an
+    # Intel Xeon), and the next layer then fails.
+    return tf.cond(tf.shape(images)[0] > 0,
+                   lambda: tf.cast(model(images, training=False), tf.float32),
+                   lambda: tf.zeros([0, num_classes]))
 
   def serving_default(images):
     logits = logits_of(images)
