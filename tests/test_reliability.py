@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from igam_tf import data
 from igam_tf import model_io
+from tests import binary_runs
 from tests.folder_fixtures import folder_contents
 from tests import tf1_reference
 
@@ -71,11 +72,19 @@ class ReliabilityTest(tf.test.TestCase):
   def assert_refused(self, binary, argv, model_dir, *expected):
     """The binary exits non-zero with one ERROR line holding each of `expected`, no
     traceback, and `model_dir` exactly as it was."""
+    return self.assert_all_refused(binary, [(argv, *expected)], model_dir)[0]
+
+  def assert_all_refused(self, binary, cases, model_dir):
+    """assert_refused for each (argv, *expected) of `cases`, run in one process."""
     before = folder_contents(model_dir)
-    error = self.assert_one_error(run_binary(binary, *argv, f'--model_dir={model_dir}'),
-                                  *expected)
+    runs = binary_runs.run_refused(
+        binary, [tuple(argv) + (f'--model_dir={model_dir}',) for argv, *_ in cases])
+    errors = []
+    for (argv, *expected), result in zip(cases, runs):
+      with self.subTest(f'{binary} {" ".join(argv)}'):
+        errors.append(self.assert_one_error(result, *expected))
     self.assertEqual(folder_contents(model_dir), before)
-    return error
+    return errors
 
   def test_a_training_split_smaller_than_one_batch_is_refused_by_every_binary(self):
     # Digits 5 and 6 have 254 training examples: no whole batch of 256.
@@ -94,10 +103,9 @@ class ReliabilityTest(tf.test.TestCase):
   def test_a_failed_run_does_not_block_its_folder(self):
     model_dir = os.path.join(tempfile.mkdtemp(dir=self.root), 'run')
     os.makedirs(model_dir)
-    self.assert_refused('train_baseline', TINY + ('--train_steps=6',), model_dir,
-                        '--train_steps must be a multiple of --checkpoint_every')
-    self.assert_refused('train_baseline', TINY + ('--train_steps=4', '--batch_size=4096'),
-                        model_dir, '--batch_size=4096')
+    self.assert_all_refused('train_baseline', [
+        (TINY + ('--train_steps=6',), '--train_steps must be a multiple of --checkpoint_every'),
+        (TINY + ('--train_steps=4', '--batch_size=4096'), '--batch_size=4096')], model_dir)
     self.assertEmpty(os.listdir(model_dir))  # no settings recorded by the failed runs
     result = run_binary('train_baseline', *TINY, '--train_steps=4', f'--model_dir={model_dir}')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
@@ -194,10 +202,10 @@ class ReliabilityTest(tf.test.TestCase):
         ('finetune_teacher', ('--source=/no/such/source', '--learning_rate=-1e-3'),
          '--learning_rate'),
     ]
-    for binary, argv, flag in cases:
-      with self.subTest(f'{binary} {" ".join(argv)}'):
-        argv = (baseline + argv) if binary == 'train_baseline' else argv
-        self.assert_refused(binary, argv, model_dir, flag)
+    for binary in ('train_baseline', 'train_igam', 'finetune_teacher'):
+      self.assert_all_refused(binary, [
+          ((baseline + argv) if binary == 'train_baseline' else argv, flag)
+          for name, argv, flag in cases if name == binary], model_dir)
 
   def test_bad_evaluation_flags_are_refused_before_any_attack(self):
     model_dir = self.copy_of_trained()
@@ -213,32 +221,32 @@ class ReliabilityTest(tf.test.TestCase):
              (('--attacks=clean,pgd20_linf',), "Unknown attack 'pgd20_linf'"),
              ((f'--output={in_the_way}/report.json',), f'--output={in_the_way}/report.json',
               'is a file, not a folder')]
-    for argv, *expected in cases:
-      with self.subTest(' '.join(argv)):
-        self.assert_refused('evaluate', task + argv, model_dir, *expected)
+    self.assert_all_refused('evaluate', [(task + argv, *expected) for argv, *expected in cases],
+                            model_dir)
 
   def test_bad_paths_and_damaged_files_get_one_line_errors(self):
     in_the_way = os.path.join(self.root, 'in_the_way')
     with open(in_the_way, 'w') as f:
       f.write('not a folder')
+    damaged = self.copy_of_trained()
+    spec_file = os.path.join(damaged, model_io.SPEC_FILE)
+    with open(spec_file, 'w') as f:
+      f.write('{"kind": ')
+    exports = [
+        (('--model=trained', f'--model_dir={self.trained}', f'--export_dir={in_the_way}/export'),
+         f'--export_dir={in_the_way}/export', 'is a file, not a folder'),
+        ((f'--model_dir={self.trained}',), '--model', '--export_dir'),
+        (('--model=trained', f'--model_dir={damaged}', f'--export_dir={self.root}/export_damaged'),
+         spec_file, 'is not a model spec')]
+    for (argv, *expected), result in zip(
+        exports, binary_runs.run_refused('export', [argv for argv, *_ in exports])):
+      self.assert_one_error(result, *expected)
+    self.assertFalse(os.path.exists(f'{self.root}/export_damaged'))
     self.assert_one_error(run_binary('train_baseline', *TINY, '--train_steps=4',
                                      f'--model_dir={in_the_way}/run'),
                           f'--model_dir={in_the_way}/run', 'is a file, not a folder')
-    self.assert_one_error(run_binary('export', '--model=trained', f'--model_dir={self.trained}',
-                                     f'--export_dir={in_the_way}/export'),
-                          f'--export_dir={in_the_way}/export', 'is a file, not a folder')
-    self.assert_one_error(run_binary('export', f'--model_dir={self.trained}'), '--model',
-                          '--export_dir')
     self.assert_refused('train_baseline', TINY + ('--resume_with_changes=lerning_rate',),
                         self.copy_of_trained(), 'lerning_rate, which is not a flag')
-    damaged = self.copy_of_trained()
-    with open(os.path.join(damaged, model_io.SPEC_FILE), 'w') as f:
-      f.write('{"kind": ')
-    spec_file = os.path.join(damaged, model_io.SPEC_FILE)
-    self.assert_one_error(run_binary('export', '--model=trained', f'--model_dir={damaged}',
-                                     f'--export_dir={self.root}/export_damaged'), spec_file,
-                          'is not a model spec')
-    self.assertFalse(os.path.exists(f'{self.root}/export_damaged'))
     self.assert_refused('evaluate', ('--dataset=digits', '--classes=0,1'), damaged, spec_file)
     with open(os.path.join(damaged, 'run_config.json'), 'w') as f:
       f.write('')
@@ -249,13 +257,12 @@ class ReliabilityTest(tf.test.TestCase):
     task = ('--dataset=digits', '--classes=0,1', '--batch_size=16', '--train_steps=2',
             '--checkpoint_every=2', f'--source={self.trained}')
     model_dir = tempfile.mkdtemp(dir=self.root)
-    for transform, message in (('resize:0', 'the size must be a positive integer'),
-                               ('center_crop:400', 'center_crop:400 is larger than'),
-                               ('center_pad:4', 'center_pad:4 is smaller than'),
-                               ('blur:3', 'Unknown teacher transform')):
-      with self.subTest(transform):
-        self.assert_refused('finetune_teacher', task + (f'--transform={transform}',),
-                            model_dir, message)
+    self.assert_all_refused('finetune_teacher', [
+        (task + (f'--transform={transform}',), message)
+        for transform, message in (('resize:0', 'the size must be a positive integer'),
+                                   ('center_crop:400', 'center_crop:400 is larger than'),
+                                   ('center_pad:4', 'center_pad:4 is smaller than'),
+                                   ('blur:3', 'Unknown teacher transform'))], model_dir)
 
   def test_the_default_optimizer_trains_simple_cnn(self):
     # Only the step flags: the architecture's own optimizer and learning rate.
