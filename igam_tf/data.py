@@ -9,6 +9,12 @@ Dataset specs:
   mnist, fashion_mnist, cifar10, cifar100
       TFDS, read from `data_dir` (TFDS's default when None) and never downloaded.
       Splits 'train' and 'test'.
+  tfds:NAME[:SPLIT]
+      Any TFDS image classification dataset (one with an image and a class label as
+      its supervised keys), e.g. tfds:svhn_cropped or tfds:imagenette/160px:validation.
+      Split 'train' is TFDS's 'train'; split 'test' is TFDS's SPLIT ('test' when not
+      given; TFDS's slicing works, e.g. test[:1000]). Images of varying size need
+      `image_size`.
   digits
       scikit-learn's bundled 8x8 handwritten digits, upsampled to 28x28 (real data that
       works offline). A fixed stratified 70/30 split: 'train' (1257) and 'test' (540).
@@ -38,8 +44,8 @@ import tensorflow as tf
 
 TFDS_DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'cifar100')
 AUGMENTATIONS = ('none', 'madry')
-VALID_SPECS = ('mnist, fashion_mnist, cifar10, cifar100, digits, idx:DIR, '
-               'tiny_imagenet:DIR, npz:PATH')
+VALID_SPECS = ('mnist, fashion_mnist, cifar10, cifar100, tfds:NAME[:SPLIT], digits, '
+               'idx:DIR, tiny_imagenet:DIR, npz:PATH')
 DIGITS_IMAGE_SIZE = 28  # the MNIST models' input size
 # The original pads 32x32 to 36x36 (`resize_image_with_crop_or_pad(img, 36, 36)`).
 MADRY_PAD_PER_SIDE = 2
@@ -114,6 +120,10 @@ def load_dataset(name, split, *, data_dir=None, image_size=None, classes=None):
     image_size = int(image_size)
   classes = list(classes) if classes is not None else []
   source = _load_source(name.strip(), split, data_dir)
+  if None in source.image_shape and image_size is None:
+    raise DataError(f'Dataset {name!r} has images of varying size '
+                    f'({"x".join(str(d) for d in source.image_shape)}): give an image size '
+                    f'(--image_size) to resize them to.')
   examples = source.examples
   num_classes, num_examples = source.num_classes, source.num_examples
   if classes:
@@ -216,9 +226,14 @@ def _load_source(name, split, data_dir):
     return _tfds_source(name, _check_split(split, ('train', 'test'), name), data_dir)
   if name == 'digits':
     return _digits_source(_check_split(split, ('train', 'test'), name))
-  if kind in ('idx', 'tiny_imagenet', 'npz') and not path:
+  if kind in ('tfds', 'idx', 'tiny_imagenet', 'npz') and not path:
     raise DataError(f'Dataset spec {name!r} needs a path after the colon, e.g. '
                     f'{kind}:/data/...; valid forms: {VALID_SPECS}.')
+  if kind == 'tfds':
+    tfds_name, _, test_split = path.partition(':')
+    split = _check_split(split, ('train', 'test'), name)
+    return _tfds_source(tfds_name, 'train' if split == 'train' else test_split or 'test',
+                        data_dir)
   if kind == 'idx':
     return _idx_source(os.path.expanduser(path), _check_split(split, ('train', 'test'), name))
   if kind == 'tiny_imagenet':
@@ -286,7 +301,16 @@ def _in_memory_source(images, labels, num_classes, default_image_size=None):
 def _tfds_source(name, split, data_dir):
   # Imported here as it is slow to import and only TFDS specs need it.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f'No TFDS dataset named {name!r} (see `tfds.list_builders()`).') from None
+  image_key, label_key = builder.info.supervised_keys or (None, None)
+  features = builder.info.features
+  if not (image_key in features and isinstance(features[image_key], tfds.features.Image)
+          and isinstance(features[label_key], tfds.features.ClassLabel)):
+    raise DataError(f'TFDS dataset {name!r} is not an image classification dataset: its '
+                    f'supervised keys are not an image and a class label.')
   try:
     examples = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
   except AssertionError:  # how TFDS says "not prepared"
@@ -299,13 +323,16 @@ def _tfds_source(name, split, data_dir):
         f'`tfds build` needs the network: run `tfds build {name} --data_dir=DIR` on a '
         f'machine that has it, then copy DIR/{name} into {root} or pass data_dir=DIR.'
     ) from None
-  features = builder.info.features
+  except ValueError as e:  # an unknown split, or bad slicing
+    raise DataError(f'TFDS dataset {name!r} has no split {split!r} '
+                    f'(its splits: {", ".join(sorted(builder.info.splits))}): '
+                    f'{str(e).splitlines()[0]}') from None
   num_examples = int(examples.cardinality())
   if num_examples < 0:
     num_examples = builder.info.splits[split].num_examples
   return _Source(examples=examples, decode=_uint8_to_unit,
-                 num_classes=features['label'].num_classes,
-                 image_shape=tuple(features['image'].shape), labels=None,
+                 num_classes=features[label_key].num_classes,
+                 image_shape=tuple(features[image_key].shape), labels=None,
                  num_examples=num_examples)
 
 

@@ -80,8 +80,7 @@ def define_flags():
   flags.DEFINE_string('checkpoint', None, 'madry_mnist:PATH or madry_cifar10:PATH: a MadryLab '
                       'TF1 checkpoint folder or prefix.')
   flags.mark_flags_as_mutual_exclusive(MODEL_FLAGS, required=True)
-  flags.DEFINE_string('dataset', 'cifar10', 'mnist, fashion_mnist, cifar10, cifar100, digits, '
-                      'idx:DIR, tiny_imagenet:DIR or npz:PATH (see igam_tf/data.py).')
+  flags.DEFINE_string('dataset', 'cifar10', f'One of {data.VALID_SPECS} (see igam_tf/data.py).')
   flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
   flags.DEFINE_string('split', 'test', 'The split to evaluate on.')
   flags.DEFINE_list('classes', [], 'Keep only these class ids, relabelled 0..K-1.')

@@ -16,6 +16,7 @@ from absl import flags
 
 import madry_models
 from igam_tf import architectures
+from igam_tf import data
 from igam_tf import distribution
 from igam_tf import experiments
 from igam_tf import model_io
@@ -44,8 +45,7 @@ def register_positive(name):
 
 def define_data_flags(default_dataset='cifar10', default_batch_size=128):
   flags.DEFINE_string('dataset', default_dataset,
-                      'mnist, fashion_mnist, cifar10, cifar100, digits, idx:DIR, '
-                      'tiny_imagenet:DIR or npz:PATH (see igam_tf/data.py).')
+                      f'One of {data.VALID_SPECS} (see igam_tf/data.py).')
   flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
   flags.DEFINE_list('classes', [], 'Keep only these class ids (at least two), relabelled '
                     '0..K-1.')

@@ -25,8 +25,7 @@ def define_flags():
   flags.DEFINE_list('models', None, 'name=path pairs (a bare path is named after its folder): '
                     'trained model folders, SavedModels or madry_mnist:PATH / '
                     'madry_cifar10:PATH checkpoints, one column each.')
-  flags.DEFINE_string('dataset', 'cifar10', 'mnist, fashion_mnist, cifar10, cifar100, digits, '
-                      'idx:DIR, tiny_imagenet:DIR or npz:PATH (see igam_tf/data.py).')
+  flags.DEFINE_string('dataset', 'cifar10', f'One of {data.VALID_SPECS} (see igam_tf/data.py).')
   flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
   flags.DEFINE_string('split', 'test', 'The split whose first images are drawn.')
   flags.DEFINE_list('classes', [], 'Keep only these class ids, relabelled 0..K-1.')

@@ -1,7 +1,11 @@
 """Tests for igam_tf.data: every dataset spec, class selection, resizing and pipelines."""
 
 import gzip
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from unittest import mock
 
 from absl.testing import parameterized
@@ -11,6 +15,15 @@ import tensorflow_datasets as tfds
 
 from igam_tf import data
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# `python -m MODULE ARGS...` (sys.argv[1:]) with TFDS's generated data instead of files.
+_MOCK_TFDS_RUNNER = """
+import runpy, sys
+import tensorflow_datasets as tfds
+sys.argv = sys.argv[1:]
+with tfds.testing.mock_data(num_examples=64):
+  runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
 
 def _as_numpy(dataset):
   """All (images, labels) of an unbatched dataset as two arrays."""
@@ -55,6 +68,33 @@ class TfdsTest(parameterized.TestCase, tf.test.TestCase):
     for images, labels in batches:
       self.assertEqual(images.shape[1:], (16, 16, 3))
       self.assertAllInSet(labels, [0, 1, 2])
+
+  def test_any_tfds_image_classification_dataset_by_name(self):
+    with tfds.testing.mock_data(num_examples=6):
+      train = data.load_dataset('tfds:svhn_cropped', 'train')
+      test = data.load_dataset('tfds:imagenette/160px:validation', 'test', image_size=24,
+                               classes=[0, 3])
+      images, labels = _as_numpy(train.dataset)
+      resized, _ = _as_numpy(test.dataset)
+    self.assertEqual((train.image_shape, train.num_classes, train.num_examples),
+                     ((32, 32, 3), 10, 6))
+    self.assertEqual(images.shape, (6, 32, 32, 3))
+    self.assertBetween(images.max(), 0., 1.)
+    self.assertTrue(np.all((labels >= 0) & (labels < 10)))
+    self.assertEqual((test.image_shape, test.num_classes), ((24, 24, 3), 2))
+    self.assertEqual(resized.shape[1:], (24, 24, 3))
+
+  def test_tfds_specs_that_cannot_load_say_why(self):
+    with tfds.testing.mock_data(num_examples=6):
+      for spec, split, message in (
+          ('tfds:', 'train', 'needs a path after the colon'),
+          ('tfds:no_such_dataset', 'train', "No TFDS dataset named 'no_such_dataset'"),
+          ('tfds:glue/cola', 'train', 'not an image classification dataset'),
+          ('tfds:imagenette/160px:validation', 'test', 'varying size'),
+          ('tfds:svhn_cropped', 'validation', "no split 'validation'")):
+        with self.subTest(spec=spec, split=split), \
+            self.assertRaisesRegex(data.DataError, message):
+          data.load_dataset(spec, split, image_size=24 if split == 'train' else None)
 
   def test_not_prepared_fails_fast_with_where_to_put_it(self):
     empty = os.path.join(self.get_temp_dir(), 'empty')
@@ -292,7 +332,7 @@ class SpecTest(tf.test.TestCase):
 
   def test_unknown_names_and_splits(self):
     for name in ('imagenet', 'svhn:/tmp', 'idx:', 'tiny_imagenet'):
-      with self.assertRaisesRegex(data.DataError, 'idx:DIR, tiny_imagenet:DIR, npz:PATH'):
+      with self.assertRaisesRegex(data.DataError, 'tfds:NAME.*idx:DIR, tiny_imagenet:DIR, npz:PATH'):
         data.load_dataset(name, 'train')
     for name in ('mnist', 'digits', f'idx:{self.get_temp_dir()}'):
       with self.assertRaisesRegex(data.DataError, "no split 'validation'"):
@@ -359,6 +399,25 @@ class PipelineTest(tf.test.TestCase):
       data.make_pipeline(self.dataset, 4, training=True, augment='autoaugment')
     with self.assertRaisesRegex(data.DataError, 'pixel_noise'):
       data.make_pipeline(self.dataset, 4, training=True, pixel_noise=8)
+
+
+class TfdsBinaryTest(tf.test.TestCase):
+
+  def test_a_training_binary_takes_any_tfds_dataset(self):
+    model_dir = os.path.join(tempfile.mkdtemp(), 'run')
+    result = subprocess.run(
+        [sys.executable, '-c', _MOCK_TFDS_RUNNER, 'igam_tf.train_baseline', '--method=standard',
+         '--dataset=tfds:svhn_cropped', '--classes=1,7', '--student_architecture=simple_cnn',
+         '--student_filters=4,8', '--batch_size=2', '--train_steps=2', '--checkpoint_every=2',
+         '--validation_split=', f'--model_dir={model_dir}'],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(model_dir, 'model.json')) as f:
+      spec = json.load(f)
+    self.assertEqual((spec['num_classes'], spec['image_shape']), (2, [32, 32, 3]))
+    with open(os.path.join(model_dir, 'run_config.json')) as f:
+      self.assertEqual(json.load(f)['data']['dataset'], 'tfds:svhn_cropped')
 
 
 if __name__ == '__main__':
