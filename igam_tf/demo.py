@@ -276,6 +276,11 @@ def main(argv):
     print(run_demo(f, f.seed, f.output_dir))
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m igam_tf.demo`, and the console script `igam-demo` (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -264,6 +264,11 @@ def main(argv):
   return 0
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m igam_tf.evaluate`, and the console script `igam-evaluate` (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -120,6 +120,11 @@ def export_trained(model_dir, export_dir, overwrite):
   return 0
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m igam_tf.export`, and the console script `igam-export` (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

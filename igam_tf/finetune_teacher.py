@@ -44,6 +44,11 @@ def main(argv):
   print(f'Finetuned teacher saved to {f.model_dir}')
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m igam_tf.finetune_teacher`, and the console script `igam-finetune-teacher` (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

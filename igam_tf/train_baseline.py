@@ -71,6 +71,11 @@ def main(argv):
   print(f'{f.method} model saved to {f.model_dir}')
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m igam_tf.train_baseline`, and the console script `igam-train-baseline` (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

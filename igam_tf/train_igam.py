@@ -70,6 +70,11 @@ def main(argv):
   print(f'IGAM student saved to {f.model_dir}')
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m igam_tf.train_igam`, and the console script `igam-train-igam` (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -440,6 +440,11 @@ def main(argv):
   return 0
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m madry_models.fetch`, and the console script `madry-fetch` (pyproject.toml)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

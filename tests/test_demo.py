@@ -1,5 +1,6 @@
-"""The demo over several seeds, through its binary: one run per seed, the summary's mean
-and range from their reports, and a rerun that reuses them."""
+"""The demo over several seeds, through its binary and its flagfile (flags/demo.cfg, made
+small by TINY): one run per seed, the summary's mean and range from their reports, and a
+rerun that reuses them."""
 
 import json
 import os
@@ -17,8 +18,8 @@ TINY = ['--teacher_steps=2', '--finetune_steps=2', '--student_steps=2', '--batch
 
 
 def run_demo(output_dir, *flags):
-  return subprocess.run([sys.executable, '-m', 'igam_tf.demo', f'--output_dir={output_dir}',
-                         *TINY, *flags], cwd=REPO, capture_output=True, text=True,
+  return subprocess.run([sys.executable, '-m', 'igam_tf.demo', '--flagfile=flags/demo.cfg',
+                         f'--output_dir={output_dir}', *TINY, *flags], cwd=REPO, capture_output=True, text=True,
                         timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
 
 

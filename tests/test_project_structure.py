@@ -45,7 +45,8 @@ def project_files():
 
 def is_binary(path):
   with open(os.path.join(REPO, path)) as f:
-    return 'app.run(' in f.read()
+    text = f.read()
+  return 'app.run(' in text and "if __name__ == '__main__':" in text
 
 
 def module_of(path):
