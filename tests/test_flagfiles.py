@@ -1,6 +1,9 @@
-"""Every flagfile of flags/ parses and starts its run: each row of the paper's tables,
-with tiny step counts, small widths and mock data (tfds.testing.mock_data), its
-checkpoint paths and data folders moved into a temporary folder the test makes."""
+"""Every flagfile of flags/ parses, and every distinct one starts its run: each row of the
+paper's tables, with tiny step counts, small widths and mock data
+(tfds.testing.mock_data), its checkpoint paths and data folders moved into a temporary
+folder the test makes. Rows that differ from a run one only in numbers (a loss weight,
+not zero) or paths, with inputs alike, run the same code: they are parsed by their
+binary's flags (validators included), not run again (`flagfiles_to_run`)."""
 
 import json
 import os
@@ -40,10 +43,11 @@ _RUNNER = textwrap.dedent('''
     module = importlib.import_module('igam_tf.' + job['binary'])
     module.define_flags()
     with tfds.testing.mock_data(num_examples=12):
-      for argv in job['runs']:
+      for argv, parse_only in job['runs']:
         flags.FLAGS.unparse_flags()
         flags.FLAGS(['prog'] + argv)
-        print('RUN', argv[0], 'EXIT', module.main(['prog']), flush=True)
+        code = 'parsed' if parse_only else module.main(['prog'])
+        print('RUN', argv[0], 'EXIT', code, flush=True)
 ''')
 
 
@@ -73,6 +77,45 @@ def read_flagfile(name):
 def runnable_flagfiles():
   return sorted(n for n in os.listdir(FLAGS_DIR) if n.endswith('.cfg') and
                 not n.startswith('common_'))
+
+
+def _value_kind(value):
+  """What of a flag's value changes the code a run takes: not a number (unless zero,
+  which turns a loss term off), not a path."""
+  if re.fullmatch(r'-?[\d.e+-]+', value):
+    return '0' if float(value) == 0 else 'number'
+  return 'path' if '/' in value else value
+
+
+def flagfiles_to_run(names):
+  """(names to run, names to parse only): the first of each group of flagfiles alike
+  (same binary, same flags, values alike, inputs alike), and every flagfile whose output
+  a run one reads (--teacher, --source)."""
+  flagfiles = {name: read_flagfile(name) for name in names}
+  made_by = {values.get('model_dir'): name for name, (values, _) in flagfiles.items()}
+
+  def inputs(name):
+    values = flagfiles[name][0]
+    return [made_by[values[flag]] for flag in ('teacher', 'source')
+            if values.get(flag, '').startswith('runs/')]
+
+  def alike(name):
+    values, binary = flagfiles[name]
+    return (binary, sorted((flag, _value_kind(v)) for flag, v in values.items()),
+            [alike(made) for made in inputs(name)])
+
+  run, seen = set(), []
+
+  def add(name):
+    if name not in run:
+      run.add(name)
+      for made in inputs(name):
+        add(made)
+  for name in names:
+    if alike(name) not in seen:
+      seen.append(alike(name))
+      add(name)
+  return sorted(run), sorted(set(names) - run)
 
 
 def make_tiny_imagenet(root, wnids=('n01', 'n02', 'n03')):
@@ -141,21 +184,40 @@ class FlagfileTest(tf.test.TestCase):
       values, binary = read_flagfile(name)
       self.assertIn(binary, BINARY_ORDER, f'{name} has no "# Run: python -m igam_tf.X" line')
       self.assertIn('output_dir' if binary == 'demo' else 'model_dir', values, name)
+      for flag in ('teacher', 'source'):  # a trained input is some flagfile's output
+        if values.get(flag, '').startswith('runs/'):
+          self.assertIn(values[flag], [read_flagfile(n)[0].get('model_dir') for n in names],
+                        f'{name}: no flagfile writes its --{flag}')
+
+  def test_flagfiles_alike_are_parsed_not_run_again(self):
+    run, parse_only = flagfiles_to_run(runnable_flagfiles())
+    # A zero weight turns a term off: it runs; 2.5 and 5 run as L_diff's weight 10 does.
+    self.assertIn('table4_diff_0.cfg', run)
+    self.assertContainsSubset(['table4_diff_2p5.cfg', 'table4_diff_5.cfg'], parse_only)
+    # The MNIST and CIFAR-10 teachers are other models: both IGAM rows run, with their
+    # teachers; the natural teachers are those models with other weights.
+    self.assertContainsSubset(['table3_igam_mnist_cifar100.cfg', 'table3_igam_cifar10_cifar100.cfg',
+                               'table3_teacher_mnist_cifar100.cfg',
+                               'table3_teacher_cifar10_cifar100.cfg'], run)
+    self.assertIn('table3_igam_mnist_natural_cifar100.cfg', parse_only)
 
   def test_every_flagfile_starts_its_run(self):
     jobs = {binary: [] for binary in BINARY_ORDER}
-    for name in runnable_flagfiles():
-      if name in RUN_ELSEWHERE:
-        continue
+    run, parse_only = flagfiles_to_run(
+        [name for name in runnable_flagfiles() if name not in RUN_ELSEWHERE])
+    self.assertGreater(len(run), 2 * len(parse_only))
+    for name in run + parse_only:
       values, binary = read_flagfile(name)
       output = os.path.join(self.root, values['model_dir'], 'model.json')
-      jobs[binary].append(([f'--flagfile=flags/{name}'] + self.overrides(values, binary), output))
+      jobs[binary].append(([f'--flagfile=flags/{name}'] + self.overrides(values, binary),
+                           name in parse_only, output))
     for binary in BINARY_ORDER:
       # Runs of one binary never depend on each other: each worker takes every WORKERS-th.
       shards = [jobs[binary][i::WORKERS] for i in range(WORKERS) if jobs[binary][i::WORKERS]]
       workers = [subprocess.Popen(
           [sys.executable, '-c', _RUNNER,
-           json.dumps({'binary': binary, 'runs': [argv for argv, _ in shard]})],
+           json.dumps({'binary': binary,
+                       'runs': [(argv, parse_only) for argv, parse_only, _ in shard]})],
           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for shard in shards]
       for worker in workers:  # none is left running when an assertion fails
@@ -165,7 +227,10 @@ class FlagfileTest(tf.test.TestCase):
         self.assertEqual(worker.returncode, 0, f'{binary}:\n{stderr[-4000:]}')
         exits = re.findall(r'^RUN (\S+) EXIT (\S+)$', stdout, re.M)
         self.assertLen(exits, len(shard), stderr[-4000:])
-        for (flagfile, code), (_, output) in zip(exits, shard):
+        for (flagfile, code), (_, parse_only, output) in zip(exits, shard):
+          if parse_only:
+            self.assertEqual(code, 'parsed', flagfile)
+            continue
           self.assertIn(code, ('0', 'None'), f'{flagfile} failed:\n{stderr[-4000:]}')
           self.assertTrue(os.path.exists(output), f'{flagfile} wrote no {output}')
 
