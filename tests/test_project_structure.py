@@ -6,8 +6,11 @@ with stand-ins for the rules that record every target.
 
 import ast
 import os
+import re
 
 from absl.testing import absltest
+
+import igam_tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('igam_tf', 'madry_models')
@@ -136,6 +139,18 @@ class LayeringTest(absltest.TestCase):
       if not path.startswith('tests/'):
         offending = imported_project_modules(path) & binaries
         self.assertEmpty(offending, f'{path} imports binaries {offending}')
+
+  def test_binaries_are_the_verbs_igam_tf_lists_and_only_they_read_flags(self):
+    binaries = {module_of(p) for p in project_files()
+                if p.startswith(PACKAGES) and is_binary(p)}
+    self.assertEqual(binaries, {f'igam_tf.{verb}' for verb in igam_tf.BINARIES} |
+                     {'madry_models.fetch'})
+    for path in project_files():
+      if path.startswith(PACKAGES) and module_of(path) not in binaries:
+        with open(os.path.join(REPO, path)) as f:
+          reads_flags = re.search(r'^from absl import .*\bflags\b', f.read(), re.M)
+        self.assertTrue(not reads_flags or path == 'igam_tf/flag_groups.py',
+                        f'{path} is a library module and imports absl flags')
 
   def test_no_import_cycles(self):
     graph = {module_of(p): imported_project_modules(p)
