@@ -6,16 +6,16 @@ result, only when each class starts.
 pytest also collects tf.test.TestCase.test_session (a context manager, not a test) and
 skips it; it is left out so that skips in the summary mean something."""
 
-# Seconds each took here (sequential run, 2 cores), slowest first; the rest keep their order.
+# Seconds each took here (two workers, 2 cores), slowest first; the rest keep their order.
 SLOWEST_FIRST = (
-    'test_flagfiles.py::FlagfileTest',  # 185
-    'test_reliability.py::ReliabilityTest',  # 120
-    'test_readme_commands.py::ReadmeCommandsTest',  # 97
-    'test_demo.py::DemoSeedsTest',  # 82
-    'test_evaluate.py::EvaluateBinaryTest',  # 75
-    'test_export.py::ExportBinaryTest',  # 50
+    'test_readme_commands.py::ReadmeCommandsTest',  # 114
+    'test_reliability.py::ReliabilityTest',  # 110
+    'test_evaluate.py::EvaluateBinaryTest',  # 100
+    'test_flagfiles.py::FlagfileTest',  # 75
+    'test_autoattack.py::DigitsModelTest',  # 70
+    'test_export.py::ExportBinaryTest',  # 60
+    'test_demo.py::DemoSeedsTest',  # 48
     'test_distribution.py::JobsOnTwoReplicasTest',  # 34
-    'test_autoattack.py::DigitsModelTest',  # 40
 )
 
 
