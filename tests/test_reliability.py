@@ -248,6 +248,16 @@ class ReliabilityTest(tf.test.TestCase):
     self.assert_refused('train_baseline', TINY + ('--resume_with_changes=lerning_rate',),
                         self.copy_of_trained(), 'lerning_rate, which is not a flag')
     self.assert_refused('evaluate', ('--dataset=digits', '--classes=0,1'), damaged, spec_file)
+    # The demo and visualize, before any training or drawing.
+    self.assert_one_error(binary_runs.run_refused('demo', [(f'--output_dir={in_the_way}/demo',)])[0],
+                          f'--output_dir={in_the_way}/demo', 'is a file, not a folder')
+    visualize = [((f'--models={self.root}/no_such_model',), 'no_such_model', 'nor a folder'),
+                 ((f'--models=a={self.trained},a={self.trained}',), "--models names 'a' twice"),
+                 ((f'--models={self.root}',), 'holds no model')]
+    for (argv, *expected), result in zip(visualize, binary_runs.run_refused('visualize', [
+        argv + ('--dataset=digits', f'--output={self.root}/grid.png') for argv, *_ in visualize])):
+      self.assert_one_error(result, *expected)
+    self.assertFalse(os.path.exists(f'{self.root}/grid.png'))
     with open(os.path.join(damaged, 'run_config.json'), 'w') as f:
       f.write('')
     self.assert_refused('train_baseline', TINY + ('--train_steps=8',), damaged,
