@@ -308,6 +308,7 @@ def _tfds_source(name, split, data_dir):
   image_key, label_key = builder.info.supervised_keys or (None, None)
   features = builder.info.features
   if not (image_key in features and isinstance(features[image_key], tfds.features.Image)
+          and label_key in features
           and isinstance(features[label_key], tfds.features.ClassLabel)):
     raise DataError(f'TFDS dataset {name!r} is not an image classification dataset: its '
                     f'supervised keys are not an image and a class label.')

@@ -277,7 +277,8 @@ def main(argv):
 
 
 def run():
-  """`python -m igam_tf.demo`, and the console script `igam-demo` (pyproject.toml)."""
+  """`python -m igam_tf.demo`, also the console script `igam-demo`
+  (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

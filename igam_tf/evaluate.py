@@ -265,7 +265,8 @@ def main(argv):
 
 
 def run():
-  """`python -m igam_tf.evaluate`, and the console script `igam-evaluate` (pyproject.toml)."""
+  """`python -m igam_tf.evaluate`, also the console script `igam-evaluate`
+  (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

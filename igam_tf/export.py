@@ -121,7 +121,8 @@ def export_trained(model_dir, export_dir, overwrite):
 
 
 def run():
-  """`python -m igam_tf.export`, and the console script `igam-export` (pyproject.toml)."""
+  """`python -m igam_tf.export`, also the console script `igam-export`
+  (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

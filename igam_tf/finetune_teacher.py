@@ -45,7 +45,8 @@ def main(argv):
 
 
 def run():
-  """`python -m igam_tf.finetune_teacher`, and the console script `igam-finetune-teacher` (pyproject.toml)."""
+  """`python -m igam_tf.finetune_teacher`, also the console script `igam-finetune-teacher`
+  (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

@@ -72,7 +72,8 @@ def main(argv):
 
 
 def run():
-  """`python -m igam_tf.train_baseline`, and the console script `igam-train-baseline` (pyproject.toml)."""
+  """`python -m igam_tf.train_baseline`, also the console script `igam-train-baseline`
+  (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

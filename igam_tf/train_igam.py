@@ -71,7 +71,8 @@ def main(argv):
 
 
 def run():
-  """`python -m igam_tf.train_igam`, and the console script `igam-train-igam` (pyproject.toml)."""
+  """`python -m igam_tf.train_igam`, also the console script `igam-train-igam`
+  (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

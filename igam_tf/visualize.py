@@ -79,7 +79,8 @@ def main(argv):
 
 
 def run():
-  """`python -m igam_tf.visualize`, and the console script `igam-visualize` (pyproject.toml)."""
+  """`python -m igam_tf.visualize`, also the console script `igam-visualize`
+  (pyproject.toml)."""
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

@@ -441,7 +441,8 @@ def main(argv):
 
 
 def run():
-  """`python -m madry_models.fetch`, and the console script `madry-fetch` (pyproject.toml)."""
+  """`python -m madry_models.fetch`, also the console script `madry-fetch`
+  (pyproject.toml)."""
   define_flags()
   app.run(main)
 

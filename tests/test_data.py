@@ -332,7 +332,8 @@ class SpecTest(tf.test.TestCase):
 
   def test_unknown_names_and_splits(self):
     for name in ('imagenet', 'svhn:/tmp', 'idx:', 'tiny_imagenet'):
-      with self.assertRaisesRegex(data.DataError, 'tfds:NAME.*idx:DIR, tiny_imagenet:DIR, npz:PATH'):
+      with self.assertRaisesRegex(data.DataError,
+                                  'tfds:NAME.*idx:DIR, tiny_imagenet:DIR, npz:PATH'):
         data.load_dataset(name, 'train')
     for name in ('mnist', 'digits', f'idx:{self.get_temp_dir()}'):
       with self.assertRaisesRegex(data.DataError, "no split 'validation'"):

@@ -19,7 +19,8 @@ TINY = ['--teacher_steps=2', '--finetune_steps=2', '--student_steps=2', '--batch
 
 def run_demo(output_dir, *flags):
   return subprocess.run([sys.executable, '-m', 'igam_tf.demo', '--flagfile=flags/demo.cfg',
-                         f'--output_dir={output_dir}', *TINY, *flags], cwd=REPO, capture_output=True, text=True,
+                         f'--output_dir={output_dir}', *TINY, *flags], cwd=REPO,
+                        capture_output=True, text=True,
                         timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
 
 

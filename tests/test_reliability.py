@@ -249,8 +249,8 @@ class ReliabilityTest(tf.test.TestCase):
                         self.copy_of_trained(), 'lerning_rate, which is not a flag')
     self.assert_refused('evaluate', ('--dataset=digits', '--classes=0,1'), damaged, spec_file)
     # The demo and visualize, before any training or drawing.
-    self.assert_one_error(binary_runs.run_refused('demo', [(f'--output_dir={in_the_way}/demo',)])[0],
-                          f'--output_dir={in_the_way}/demo', 'is a file, not a folder')
+    demo = binary_runs.run_refused('demo', [(f'--output_dir={in_the_way}/demo',)])[0]
+    self.assert_one_error(demo, f'--output_dir={in_the_way}/demo', 'is a file, not a folder')
     visualize = [((f'--models={self.root}/no_such_model',), 'no_such_model', 'nor a folder'),
                  ((f'--models=a={self.trained},a={self.trained}',), "--models names 'a' twice"),
                  ((f'--models={self.root}',), 'holds no model')]
