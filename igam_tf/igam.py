@@ -65,7 +65,10 @@ class IGAM(keras.Model):
     diff_window: 'crop' (ours: L_diff sees what the discriminator sees) or 'full'
       (the whole maps: the student's gradient outside the teacher's crop is pushed to
       the teacher's zero).
-    igam_start_step: student steps of cross-entropy only before IGAM starts.
+    igam_start_step: student steps of cross-entropy only before IGAM starts, each a
+      traced step of its own (`make_train_function`): no teacher or double
+      backpropagation runs, and the discriminator and its optimizer neither move nor
+      count those steps.
     weight_decay, disc_weight_decay: L2 weight decay of the student's and the
       discriminator's kernels (the authors: 2e-4 for both).
   """
@@ -90,6 +93,9 @@ class IGAM(keras.Model):
     self.trackers = {name: keras.metrics.Mean(name=name) for name in (
         'loss', 'xent', 'adv_loss', 'diff_loss', 'disc_accuracy')}
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name='accuracy')
+    # Which training step the next trace builds (see make_train_function).
+    self.igam_terms_on = True
+    self.steps_done = 0
 
   def compile(self, student_optimizer, discriminator_optimizer, **kwargs):
     super().compile(optimizer=student_optimizer, **kwargs)
@@ -115,6 +121,28 @@ class IGAM(keras.Model):
   def call(self, images, training=False):
     return self.student(images, training=training)
 
+  def make_train_function(self, force=False):
+    """Two training steps, each traced on its first call, taken by the step number:
+    before igam_start_step the student's cross-entropy (and weight decay) only, with no
+    teacher, discriminator or double backpropagation (the paper's schedule spends 280k
+    of its 320k steps there); from it on, Algorithm 1 (`train_step`)."""
+    self.steps_done = int(self.optimizer.iterations.numpy())  # once per fit, not per step
+    if self.train_function is not None and not force:
+      return self.train_function
+    steps = {}
+    for igam_terms_on in (False, True):
+      super().make_train_function(force=True)
+      steps[igam_terms_on] = self.train_function
+
+    def train_function(iterator):
+      self.igam_terms_on = self.steps_done >= self.igam_start_step  # read when traced
+      logs = steps[self.igam_terms_on](iterator)
+      self.steps_done += self.steps_per_execution
+      return logs
+
+    self.train_function = train_function
+    return train_function
+
   @property
   def metrics(self):
     return list(self.trackers.values()) + [self.accuracy]
@@ -132,8 +160,9 @@ class IGAM(keras.Model):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
+    if not self.igam_terms_on:
+      return self.warm_up_step(images, labels, replicas, global_batch)
     step = tf.identity(self.optimizer.iterations)  # this step's number, read before the update
-    igam_on = step >= self.igam_start_step
 
     # Teacher: its input gradients J_t (frozen, no tape on its weights).
     j_t = self.teacher_gradients(images, labels)
@@ -153,22 +182,20 @@ class IGAM(keras.Model):
       losses = igam_losses(labels, logits, j_s, j_t, disc_labels, disc_logits, global_batch)
       # The student's loss: xent + wd * L2 + adv * L_adv + diff * L_diff (IGAM terms from
       # igam_start_step on); the discriminator's: its cross-entropy + its L2.
-      igam_loss = self.adv_weight * losses['adv'] + self.diff_weight * losses['diff']
       loss = (losses['xent'] + self.weight_decay * weight_decay_loss(self.student) / replicas
-              + tf.where(igam_on, igam_loss, 0.0))
+              + self.adv_weight * losses['adv'] + self.diff_weight * losses['diff'])
       disc_loss = (losses['disc_xent']
                    + self.disc_weight_decay * weight_decay_loss(self.discriminator) / replicas)
 
     # Update the student.
     student_vars = self.student.trainable_variables
     self.optimizer.apply_gradients(zip(tape.gradient(loss, student_vars), student_vars))
-    # Update the discriminator: zero gradients until IGAM starts (no move: the optimizer's
-    # moments are still zero), then every step or every disc_every-th.
+    # Update the discriminator: every step, or every disc_every-th.
     disc_vars = self.discriminator.trainable_variables
-    disc_gradients = [g * tf.cast(igam_on, g.dtype) for g in tape.gradient(disc_loss, disc_vars)]
+    disc_gradients = tape.gradient(disc_loss, disc_vars)
     del tape
     if self.disc_every > 1:
-      self._apply_discriminator_every(disc_gradients, disc_vars, step, igam_on)
+      self._apply_discriminator_every(disc_gradients, disc_vars, step)
     else:
       self._apply_discriminator(disc_gradients, disc_vars)
 
@@ -182,10 +209,24 @@ class IGAM(keras.Model):
     self.accuracy.update_state(labels, logits)
     return {m.name: m.result() for m in self.metrics}
 
+  def warm_up_step(self, images, labels, replicas, global_batch):
+    """A step before igam_start_step: the student's cross-entropy and weight decay."""
+    with tf.GradientTape() as tape:
+      logits = self.student(images, training=True)
+      xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
+          labels, logits, from_logits=True)) / global_batch
+      loss = xent + self.weight_decay * weight_decay_loss(self.student) / replicas
+    student_vars = self.student.trainable_variables
+    self.optimizer.apply_gradients(zip(tape.gradient(loss, student_vars), student_vars))
+    self.trackers['loss'].update_state(loss * replicas)
+    self.trackers['xent'].update_state(xent * replicas)
+    self.accuracy.update_state(labels, logits)
+    return {m.name: m.result() for m in self.metrics}
+
   def _apply_discriminator(self, gradients, variables):
     self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
 
-  def _apply_discriminator_every(self, gradients, variables, step, igam_on):
+  def _apply_discriminator_every(self, gradients, variables, step):
     """One discriminator step per disc_every student steps, the same under any number
     of replicas.
 
@@ -204,7 +245,7 @@ class IGAM(keras.Model):
       for accumulator, gradient in zip(self.disc_accumulators, gradients):
         accumulator.assign(tf.where(take_step, tf.zeros_like(gradient), accumulator + gradient))
     else:
-      take_step = igam_on & ((step - self.igam_start_step) % self.disc_every == 0)
+      take_step = (step - self.igam_start_step) % self.disc_every == 0
       applied = gradients
       kept.append(optimizer.iterations)  # counts the discriminator's steps only
     before = [tf.identity(v) for v in kept]

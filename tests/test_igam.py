@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ from igam_tf.architectures import build_classifier
 from igam_tf.discriminator import build_discriminator
 from igam_tf.igam import IGAM
 from igam_tf.igam import igam_losses
+from igam_tf.igam import weight_decay_loss
 from igam_tf.input_gradients import input_gradients
 from igam_tf.teacher import Teacher
 
@@ -114,6 +116,28 @@ class IGAMTest(tf.test.TestCase):
     history = model.fit(images, labels, batch_size=8, epochs=2, verbose=0)  # steps 2..5
     self.assertNotAllClose(disc_before[0], model.discriminator.trainable_weights[0].numpy())
     self.assertNotAllClose(history.history['loss'][-1], history.history['xent'][-1])
+
+  def test_warm_up_steps_never_run_the_teacher_and_train_as_cross_entropy(self):
+    images, labels = fixed_batch()
+    model = make_igam(igam_start_step=2, diff_weight=1e5, weight_decay=1e-3)
+    plain = make_igam()  # the same initial student
+    plain_optimizer = keras.optimizers.SGD(0.05)
+    # The warm-up step's graph holds no teacher (nor its double backpropagation).
+    with mock.patch.object(IGAM, 'teacher_gradients', side_effect=AssertionError('teacher')):
+      model.fit(images, labels, batch_size=8, epochs=1, verbose=0, shuffle=False)  # 2 steps
+    for batch in (slice(0, 8), slice(8, 16)):  # what those two steps are
+      with tf.GradientTape() as tape:
+        logits = plain.student(images[batch], training=True)
+        loss = (tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            labels[batch], logits, from_logits=True))
+                + 1e-3 * weight_decay_loss(plain.student))
+      variables = plain.student.trainable_variables
+      plain_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    self.assertAllClose(values(model.student.weights), values(plain.student.weights),
+                        atol=1e-6)
+    with mock.patch.object(IGAM, 'teacher_gradients', side_effect=AssertionError('teacher')), \
+        self.assertRaisesRegex(AssertionError, 'teacher'):
+      model.fit(images, labels, batch_size=8, epochs=1, verbose=0)  # step 2: IGAM's
 
   def test_discriminator_steps_once_per_disc_every_student_steps(self):
     images, labels = fixed_batch()
