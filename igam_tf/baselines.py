@@ -17,6 +17,7 @@ from igam_tf.architectures import logits_with_batch_statistics
 from igam_tf.igam import PIXEL_SCALE
 from igam_tf.igam import weight_decay_loss
 from igam_tf.input_gradients import input_gradients
+from igam_tf.warm_up import WarmUpStep
 
 
 class StandardTraining(keras.Model):
@@ -101,18 +102,20 @@ class PGDAdversarialTraining(StandardTraining):
           example_ids=distribution.global_example_ids(tf.shape(images)[0])))
 
 
-class GradientNormPenalty(StandardTraining):
+class GradientNormPenalty(WarmUpStep, StandardTraining):
   """Adds weight * ||J||^2 summed over the batch, J on the 0..255 scale as in IGAM,
-  from `penalty_start_step` on (IGAM's schedule: igam_start_step)."""
+  from `penalty_start_step` on (IGAM's schedule: igam_start_step); before it, a
+  cross-entropy step of its own (`WarmUpStep`)."""
 
   def __init__(self, classifier, penalty_weight, gradient_of='xent', penalty_start_step=0,
                **kwargs):
     super().__init__(classifier, **kwargs)
     self.penalty_weight, self.gradient_of = penalty_weight, gradient_of
-    self.penalty_start_step = penalty_start_step
+    self.penalty_start_step = self.terms_start_step = penalty_start_step
 
   def logits_and_penalty(self, images, labels):
+    if not self.terms_on:
+      return super().logits_and_penalty(images, labels)
     gradients, logits = input_gradients(lambda x: self.classifier(x, training=True),
                                         images, labels, self.gradient_of)
-    penalty = self.penalty_weight * tf.reduce_sum(tf.square(gradients / PIXEL_SCALE))
-    return logits, tf.where(self.optimizer.iterations >= self.penalty_start_step, penalty, 0.0)
+    return logits, self.penalty_weight * tf.reduce_sum(tf.square(gradients / PIXEL_SCALE))

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from igam_tf.input_gradients import input_gradients
 from igam_tf.input_gradients import normalize_per_example
+from igam_tf.warm_up import WarmUpStep
 
 # Gradients are matched on the original 0..255 pixel scale (d/d(255 x) = d/dx / 255)
 # so that the authors' loss weights carry over to our [0, 1] images.
@@ -43,7 +44,7 @@ def igam_losses(labels, logits, j_s, j_t, disc_labels, disc_logits, global_batch
           'diff': tf.reduce_sum(tf.square(j_s - j_t))}
 
 
-class IGAM(keras.Model):
+class IGAM(WarmUpStep, keras.Model):
   """Trains `student` with IGAM against a frozen `teacher`.
 
   Args:
@@ -66,7 +67,7 @@ class IGAM(keras.Model):
       (the whole maps: the student's gradient outside the teacher's crop is pushed to
       the teacher's zero).
     igam_start_step: student steps of cross-entropy only before IGAM starts, each a
-      traced step of its own (`make_train_function`): no teacher or double
+      traced step of its own (`WarmUpStep`): no teacher or double
       backpropagation runs, and the discriminator and its optimizer neither move nor
       count those steps.
     weight_decay, disc_weight_decay: L2 weight decay of the student's and the
@@ -93,9 +94,7 @@ class IGAM(keras.Model):
     self.trackers = {name: keras.metrics.Mean(name=name) for name in (
         'loss', 'xent', 'adv_loss', 'diff_loss', 'disc_accuracy')}
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name='accuracy')
-    # Which training step the next trace builds (see make_train_function).
-    self.igam_terms_on = True
-    self.steps_done = 0
+    self.terms_start_step = igam_start_step  # a step of its own before (WarmUpStep)
 
   def compile(self, student_optimizer, discriminator_optimizer, **kwargs):
     super().compile(optimizer=student_optimizer, **kwargs)
@@ -121,28 +120,6 @@ class IGAM(keras.Model):
   def call(self, images, training=False):
     return self.student(images, training=training)
 
-  def make_train_function(self, force=False):
-    """Two training steps, each traced on its first call, taken by the step number:
-    before igam_start_step the student's cross-entropy (and weight decay) only, with no
-    teacher, discriminator or double backpropagation (the paper's schedule spends 280k
-    of its 320k steps there); from it on, Algorithm 1 (`train_step`)."""
-    self.steps_done = int(self.optimizer.iterations.numpy())  # once per fit, not per step
-    if self.train_function is not None and not force:
-      return self.train_function
-    steps = {}
-    for igam_terms_on in (False, True):
-      super().make_train_function(force=True)
-      steps[igam_terms_on] = self.train_function
-
-    def train_function(iterator):
-      self.igam_terms_on = self.steps_done >= self.igam_start_step  # read when traced
-      logs = steps[self.igam_terms_on](iterator)
-      self.steps_done += self.steps_per_execution
-      return logs
-
-    self.train_function = train_function
-    return train_function
-
   @property
   def metrics(self):
     return list(self.trackers.values()) + [self.accuracy]
@@ -160,7 +137,7 @@ class IGAM(keras.Model):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
-    if not self.igam_terms_on:
+    if not self.terms_on:
       return self.warm_up_step(images, labels, replicas, global_batch)
     step = tf.identity(self.optimizer.iterations)  # this step's number, read before the update
 
