@@ -227,8 +227,9 @@ def _load_source(name, split, data_dir):
   if name == 'digits':
     return _digits_source(_check_split(split, ('train', 'test'), name))
   if kind in ('tfds', 'idx', 'tiny_imagenet', 'npz') and not path:
-    raise DataError(f'Dataset spec {name!r} needs a path after the colon, e.g. '
-                    f'{kind}:/data/...; valid forms: {VALID_SPECS}.')
+    example = 'tfds:svhn_cropped' if kind == 'tfds' else f'{kind}:/data/...'
+    raise DataError(f'Dataset spec {name!r} needs {"a name" if kind == "tfds" else "a path"} '
+                    f'after the colon, e.g. {example}; valid forms: {VALID_SPECS}.')
   if kind == 'tfds':
     tfds_name, _, test_split = path.partition(':')
     split = _check_split(split, ('train', 'test'), name)

@@ -23,6 +23,7 @@ gives each model's mean and range: how far a run moves with its seed.
 import json
 import os
 import platform
+import re
 import time
 
 from absl import app
@@ -72,6 +73,18 @@ def define_flags():
                     'and range over them. Unset: one run, with --seed, in OUTPUT_DIR.')
   flag_groups.define_strategy_flags()
   flags.mark_flag_as_required('output_dir')
+  for name in ('teacher_steps', 'finetune_steps', 'student_steps', 'batch_size',
+               'student_units_per_stage'):
+    flag_groups.register_positive(name)
+  flags.register_validator('masking_examples', lambda n: n >= 0,
+                           message='--masking_examples must be 0 (no checks) or more')
+  flags.register_validator('epsilon', lambda eps: 0 < eps <= 1,
+                           message='--epsilon must be in (0, 1]: pixels are in [0, 1]')
+  for name in ('adv_weight', 'diff_weight'):
+    flags.register_validator(name, lambda w: w >= 0, message=f'--{name} must not be negative')
+  flag_groups.register_attack_names('attacks')
+  flags.register_validator('seeds', lambda seeds: all(re.fullmatch(r'-?\d+', s) for s in seeds),
+                           message='--seeds takes integers, e.g. --seeds=0,1,2')
 
 
 def _machine():

@@ -64,15 +64,6 @@ def _radius_validator(name, positive=True, at_most_one=True):
   flags.register_validator(name, check)
 
 
-def _check_attacks(names):
-  for name in names:
-    try:
-      attacks.parse_attack(name)
-    except ValueError as e:
-      raise flags.ValidationError(f'--attacks: {e}') from None
-  return True
-
-
 def define_flags():
   flags.DEFINE_string('saved_model', None, 'A SavedModel exported by igam_tf.export.')
   flags.DEFINE_string('model_dir', None, 'A trained model folder, or a folder whose sub-folders '
@@ -116,7 +107,7 @@ def define_flags():
   for name in ('epsilon', 'step_size', 'masking_large_epsilon'):
     _radius_validator(name)
   _radius_validator('l2_epsilon', at_most_one=False)
-  flags.register_validator('attacks', _check_attacks)
+  flag_groups.register_attack_names('attacks')
 
 
 def _count(split, num_examples):

@@ -44,6 +44,11 @@ def define_flags():
   flags.mark_flags_as_required(['model', 'export_dir'])
   flags.register_validator('filters', lambda value: value is None or all(
       v.strip().isdigit() for v in value), message='--filters takes comma-separated integers')
+  flags.register_multi_flags_validator(
+      ['model', 'model_dir', 'checkpoint'],
+      lambda f: f['model'] is None or bool(f['model_dir'] if f['model'] == 'trained'
+                                           else f['checkpoint']),
+      message='--model=trained needs --model_dir; --model=madry_* needs --checkpoint')
 
 
 def load_model(model, checkpoint, num_classes=None, filters=None, units_per_stage=None):
@@ -66,6 +71,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   # Refuse before spending time on a large checkpoint.
+  if os.path.exists(f.export_dir) and not os.path.isdir(f.export_dir):
+    print(f'ERROR: --export_dir={f.export_dir} is a file, not a folder', file=sys.stderr)
+    return 1
   if (not f.overwrite and tf.io.gfile.exists(f.export_dir)
       and tf.io.gfile.listdir(f.export_dir)):
     print(f'ERROR: --export_dir={f.export_dir} exists and is not empty; pass --overwrite '
@@ -79,8 +87,6 @@ def main(argv):
     return 1
   if f.model == 'trained':
     return export_trained(f.model_dir, f.export_dir, f.overwrite)
-  if not f.checkpoint:
-    raise app.UsageError(f'--model={f.model} needs --checkpoint')
   filters = tuple(int(v) for v in f.filters) if f.filters else None
   try:
     prefix = madry_models.resolve_checkpoint(f.checkpoint)
@@ -105,8 +111,6 @@ def main(argv):
 
 
 def export_trained(model_dir, export_dir, overwrite):
-  if not model_dir:
-    raise app.UsageError('--model=trained needs --model_dir')
   try:
     model, spec = model_io.load_model(model_dir)
   except model_io.ModelError as e:

@@ -16,6 +16,7 @@ from absl import flags
 
 import madry_models
 from igam_tf import architectures
+from igam_tf import attacks
 from igam_tf import data
 from igam_tf import distribution
 from igam_tf import experiments
@@ -35,6 +36,18 @@ def _check_classes(classes):
     raise flags.ValidationError('--classes names one class: a classifier needs at least '
                                 'two (leave it unset for every class)')
   return True
+
+
+def register_attack_names(name='attacks'):
+  """Refuses, when the flags are parsed, an attack name the grammar does not know."""
+  def check(names):
+    for attack in names:
+      try:
+        attacks.parse_attack(attack)
+      except ValueError as e:
+        raise flags.ValidationError(f'--{name}: {e}') from None
+    return True
+  flags.register_validator(name, check)
 
 
 def register_positive(name):

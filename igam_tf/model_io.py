@@ -112,7 +112,11 @@ def load_source(source, num_classes=None, filters=None, units_per_stage=None):
                                   madry_models.MadryResNet.input_image_shape,
                                   filters=model.filters, units_per_stage=model.units_per_stage)
   if os.path.isdir(source):
-    return load_model(source)
+    model, spec = load_model(source)
+    if spec['kind'] != 'classifier':
+      raise ModelError(f'{source} holds a finetuned {spec["kind"]}, not a classifier: give '
+                       f'the model it was finetuned from')
+    return model, spec
   raise ModelError(f'Source model {source!r} is neither madry_mnist:PATH, madry_cifar10:PATH '
                    f'nor a trained model folder')
 

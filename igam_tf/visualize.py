@@ -53,6 +53,8 @@ def parse_models(entries):
 def draw(f):
   """Draws the grid the flags `f` describe, writes it and returns its legend."""
   sources = parse_models(f.models)
+  if os.path.isdir(f.output):
+    raise ValueError(f'--output={f.output} is a folder: give the PNG file to write')
   flag_groups.check_writable('output', f.output, os.path.dirname(os.path.abspath(f.output)))
   split = data.load_dataset(f.dataset, f.split, data_dir=f.data_dir, image_size=f.image_size,
                             classes=f.classes)

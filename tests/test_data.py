@@ -87,7 +87,7 @@ class TfdsTest(parameterized.TestCase, tf.test.TestCase):
   def test_tfds_specs_that_cannot_load_say_why(self):
     with tfds.testing.mock_data(num_examples=6):
       for spec, split, message in (
-          ('tfds:', 'train', 'needs a path after the colon'),
+          ('tfds:', 'train', 'needs a name after the colon'),
           ('tfds:no_such_dataset', 'train', "No TFDS dataset named 'no_such_dataset'"),
           ('tfds:glue/cola', 'train', 'not an image classification dataset'),
           ('tfds:imagenette/160px:validation', 'test', 'varying size'),

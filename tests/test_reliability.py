@@ -263,6 +263,46 @@ class ReliabilityTest(tf.test.TestCase):
     self.assert_refused('train_baseline', TINY + ('--train_steps=8',), damaged,
                         os.path.join(damaged, 'run_config.json'), 'move it aside')
 
+  def test_bad_demo_export_and_visualize_flags_are_refused_before_any_work(self):
+    output_dir = os.path.join(self.root, 'demo_never_made')
+    cases = [(('--teacher_steps=0',), '--teacher_steps must be positive'),
+             (('--student_steps=-1',), '--student_steps must be positive'),
+             (('--batch_size=-8',), '--batch_size must be positive'),
+             (('--epsilon=2',), '--epsilon must be in (0, 1]'),
+             (('--attacks=clean,bogus',), "--attacks: Unknown attack 'bogus'"),
+             (('--seeds=a,b',), '--seeds takes integers')]
+    for (argv, *expected), result in zip(cases, binary_runs.run_refused(
+        'demo', [argv + (f'--output_dir={output_dir}',) for argv, *_ in cases])):
+      self.assert_one_error(result, *expected)
+    self.assertFalse(os.path.exists(output_dir))
+    a_file = os.path.join(self.root, 'a_file_not_a_folder')
+    with open(a_file, 'w') as f:
+      f.write('in the way')
+    cases = [((f'--model_dir={self.trained}', f'--export_dir={a_file}'),
+              f'--export_dir={a_file} is a file'),
+             ((f'--export_dir={self.root}/never_exported',), '--model=trained needs --model_dir')]
+    for (argv, *expected), result in zip(cases, binary_runs.run_refused(
+        'export', [('--model=trained',) + argv for argv, *_ in cases])):
+      self.assert_one_error(result, *expected)
+    self.assertFalse(os.path.exists(f'{self.root}/never_exported'))
+    self.assert_one_error(binary_runs.run_refused('visualize', [(
+        f'--models={self.trained}', '--dataset=digits', '--classes=0,1',
+        f'--output={self.root}')])[0], f'--output={self.root} is a folder')
+
+  def test_a_teacher_is_not_a_source(self):
+    teacher = os.path.join(self.root, 'teacher')
+    result = run_binary('finetune_teacher', f'--source={self.trained}', '--dataset=digits',
+                        '--classes=2,3', '--batch_size=16', '--train_steps=2',
+                        '--checkpoint_every=2', '--validation_split=', f'--model_dir={teacher}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    model_dir = tempfile.mkdtemp(dir=self.root)
+    self.assert_refused('finetune_teacher', (f'--source={teacher}', '--dataset=digits',
+                                             '--classes=0,1'), model_dir,
+                        f'{teacher} holds a finetuned teacher, not a classifier')
+    self.assert_refused('train_baseline', ('--method=finetune', f'--source={teacher}',
+                                           '--dataset=digits', '--classes=0,1'), model_dir,
+                        f'{teacher} holds a finetuned teacher, not a classifier')
+
   def test_teacher_transforms_that_do_not_fit_are_refused(self):
     task = ('--dataset=digits', '--classes=0,1', '--batch_size=16', '--train_steps=2',
             '--checkpoint_every=2', f'--source={self.trained}')
