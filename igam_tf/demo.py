@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import runpy
 import time
 
 from absl import app
@@ -292,6 +293,9 @@ def main(argv):
 def run():
   """`python -m igam_tf.demo`, also the console script `igam-demo`
   (pyproject.toml)."""
+  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
+    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
+    return
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

@@ -20,6 +20,7 @@ the settings and the warnings as JSON, and a Markdown table beside it.
 
 import fractions
 import os
+import runpy
 
 from absl import app
 from absl import flags
@@ -258,6 +259,9 @@ def main(argv):
 def run():
   """`python -m igam_tf.evaluate`, also the console script `igam-evaluate`
   (pyproject.toml)."""
+  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
+    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
+    return
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

@@ -8,6 +8,8 @@ discriminator minimizes disc_xent. See igam_tf/igam.py for the details and the
 choices of the authors' code they follow.
 """
 
+import runpy
+
 from absl import app
 from absl import flags
 
@@ -73,6 +75,9 @@ def main(argv):
 def run():
   """`python -m igam_tf.train_igam`, also the console script `igam-train-igam`
   (pyproject.toml)."""
+  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
+    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
+    return
   define_flags()
   app.run(main, flags_parser=flag_groups.parse_flags)
 

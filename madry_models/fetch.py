@@ -26,6 +26,7 @@ import hashlib
 import os
 import posixpath
 import re
+import runpy
 import shutil
 import socket
 import sys
@@ -443,6 +444,9 @@ def main(argv):
 def run():
   """`python -m madry_models.fetch`, also the console script `madry-fetch`
   (pyproject.toml)."""
+  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
+    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
+    return
   define_flags()
   app.run(main)
 

@@ -54,6 +54,13 @@ class PipInstallTest(tf.test.TestCase):
     self.assertEqual(result.returncode, 1, result.stderr[-3000:])
     self.assertRegex(result.stderr, re.compile(r'^ERROR: .*--model', re.M))
     self.assertNotIn('Traceback', result.stderr)
+    # Its --help is the binary's: its description and its flags.
+    result = subprocess.run(
+        [os.path.join(target, 'bin', 'igam-train-igam'), '--help'], cwd=root,
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=target, TF_CPP_MIN_LOG_LEVEL='3'))
+    self.assertIn('Algorithm 1', result.stdout)
+    self.assertIn('--diff_weight', result.stdout)
 
 
 if __name__ == '__main__':
