@@ -111,7 +111,11 @@ class GradientNormPenalty(WarmUpStep, StandardTraining):
                **kwargs):
     super().__init__(classifier, **kwargs)
     self.penalty_weight, self.gradient_of = penalty_weight, gradient_of
-    self.penalty_start_step = self.terms_start_step = penalty_start_step
+    self.penalty_start_step = penalty_start_step
+
+  @property
+  def terms_start_step(self):
+    return self.penalty_start_step
 
   def logits_and_penalty(self, images, labels):
     if not self.terms_on:

@@ -24,10 +24,8 @@ import json
 import os
 import platform
 import re
-import runpy
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
@@ -293,11 +291,7 @@ def main(argv):
 def run():
   """`python -m igam_tf.demo`, also the console script `igam-demo`
   (pyproject.toml)."""
-  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
-    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
-    return
-  define_flags()
-  app.run(main, flags_parser=flag_groups.parse_flags)
+  flag_groups.run_binary(__name__, define_flags, main)
 
 
 if __name__ == '__main__':

@@ -20,8 +20,6 @@ the settings and the warnings as JSON, and a Markdown table beside it.
 
 import fractions
 import os
-import runpy
-
 from absl import app
 from absl import flags
 
@@ -259,11 +257,7 @@ def main(argv):
 def run():
   """`python -m igam_tf.evaluate`, also the console script `igam-evaluate`
   (pyproject.toml)."""
-  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
-    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
-    return
-  define_flags()
-  app.run(main, flags_parser=flag_groups.parse_flags)
+  flag_groups.run_binary(__name__, define_flags, main)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,6 @@ checkpoint unless given. The SavedModel's signatures, `serving_default` and
 """
 
 import os
-import runpy
 import sys
 
 from absl import app
@@ -128,11 +127,7 @@ def export_trained(model_dir, export_dir, overwrite):
 def run():
   """`python -m igam_tf.export`, also the console script `igam-export`
   (pyproject.toml)."""
-  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
-    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
-    return
-  define_flags()
-  app.run(main, flags_parser=flag_groups.parse_flags)
+  flag_groups.run_binary(__name__, define_flags, main)
 
 
 if __name__ == '__main__':

@@ -11,9 +11,6 @@ weights, for transpose_conv) is trained with Adam. The teacher is saved to
 --model_dir for train_igam, export and evaluate.
 """
 
-import runpy
-
-from absl import app
 from absl import flags
 
 from igam_tf import experiments
@@ -49,11 +46,7 @@ def main(argv):
 def run():
   """`python -m igam_tf.finetune_teacher`, also the console script `igam-finetune-teacher`
   (pyproject.toml)."""
-  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
-    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
-    return
-  define_flags()
-  app.run(main, flags_parser=flag_groups.parse_flags)
+  flag_groups.run_binary(__name__, define_flags, main)
 
 
 if __name__ == '__main__':

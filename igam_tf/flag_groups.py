@@ -9,9 +9,11 @@ parsed, before any work; `parse_flags` reports them as a one-line error.
 
 import functools
 import os
+import runpy
 import sys
 import tempfile
 
+from absl import app
 from absl import flags
 
 import madry_models
@@ -254,6 +256,16 @@ def parse_flags(argv):
     message = '; '.join(line for line in str(e).splitlines() if line.strip())
     print(f'ERROR: {message}', file=sys.stderr)
     sys.exit(1)
+
+
+def run_binary(module_name, define_flags, main):
+  """Runs a binary: `python -m MODULE`, or its console script (pyproject.toml), which
+  runs the module as `python -m` does so that --help lists the binary's own flags."""
+  if module_name != '__main__':
+    runpy.run_module(module_name, run_name='__main__', alter_sys=True)
+    return
+  define_flags()
+  app.run(main, flags_parser=parse_flags)
 
 
 def reports_errors(main):

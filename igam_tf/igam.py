@@ -94,7 +94,6 @@ class IGAM(WarmUpStep, keras.Model):
     self.trackers = {name: keras.metrics.Mean(name=name) for name in (
         'loss', 'xent', 'adv_loss', 'diff_loss', 'disc_accuracy')}
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name='accuracy')
-    self.terms_start_step = igam_start_step  # a step of its own before (WarmUpStep)
 
   def compile(self, student_optimizer, discriminator_optimizer, **kwargs):
     super().compile(optimizer=student_optimizer, **kwargs)
@@ -116,6 +115,10 @@ class IGAM(WarmUpStep, keras.Model):
                          name=f'disc_accumulated_{i}')
           for i, v in enumerate(self.discriminator.trainable_variables)]
     super().build(input_shape)
+
+  @property
+  def terms_start_step(self):  # before it, a step of its own (WarmUpStep)
+    return self.igam_start_step
 
   def call(self, images, training=False):
     return self.student(images, training=training)

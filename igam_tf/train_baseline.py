@@ -6,9 +6,6 @@ input-gradient norm penalty (IGAM's L_diff with a zero teacher).
 --method=finetune is igam_tf.finetune_teacher (its --source and --transform).
 """
 
-import runpy
-
-from absl import app
 from absl import flags
 
 from igam_tf import baselines
@@ -76,11 +73,7 @@ def main(argv):
 def run():
   """`python -m igam_tf.train_baseline`, also the console script `igam-train-baseline`
   (pyproject.toml)."""
-  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
-    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
-    return
-  define_flags()
-  app.run(main, flags_parser=flag_groups.parse_flags)
+  flag_groups.run_binary(__name__, define_flags, main)
 
 
 if __name__ == '__main__':

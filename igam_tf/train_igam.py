@@ -8,9 +8,6 @@ discriminator minimizes disc_xent. See igam_tf/igam.py for the details and the
 choices of the authors' code they follow.
 """
 
-import runpy
-
-from absl import app
 from absl import flags
 
 from igam_tf import experiments
@@ -75,11 +72,7 @@ def main(argv):
 def run():
   """`python -m igam_tf.train_igam`, also the console script `igam-train-igam`
   (pyproject.toml)."""
-  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
-    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
-    return
-  define_flags()
-  app.run(main, flags_parser=flag_groups.parse_flags)
+  flag_groups.run_binary(__name__, define_flags, main)
 
 
 if __name__ == '__main__':

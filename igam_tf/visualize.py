@@ -11,8 +11,6 @@ madry_cifar10:PATH; the model names head the columns.
 """
 
 import os
-import runpy
-
 from absl import app
 from absl import flags
 
@@ -84,11 +82,7 @@ def main(argv):
 def run():
   """`python -m igam_tf.visualize`, also the console script `igam-visualize`
   (pyproject.toml)."""
-  if __name__ != '__main__':  # the console script: run as `python -m` does (its --help)
-    runpy.run_module(__name__, run_name='__main__', alter_sys=True)
-    return
-  define_flags()
-  app.run(main, flags_parser=flag_groups.parse_flags)
+  flag_groups.run_binary(__name__, define_flags, main)
 
 
 if __name__ == '__main__':

@@ -5,10 +5,11 @@ authors' schedule would otherwise run for 280k of its 320k steps only to zero it
 
 
 class WarmUpStep:
-  """A keras.Model mixin. The model sets `terms_start_step` and reads `terms_on` in its
-  `train_step` (a Python bool, fixed when the step is traced): Keras's training function
-  becomes two, each traced on its first call, taken by the step number (read from the
-  optimizer once per fit or train_on_batch, then counted on the host)."""
+  """A keras.Model mixin. The model names the step its terms start at (`terms_start_step`,
+  e.g. a property) and reads `terms_on` in its `train_step` (a Python bool, fixed when
+  the step is traced): Keras's training function becomes two, each traced on its first
+  call, taken by the step number (read from the optimizer once per fit or
+  train_on_batch, then counted on the host)."""
 
   terms_start_step = 0
   terms_on = True

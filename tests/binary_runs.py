@@ -57,9 +57,9 @@ class Run:
   stderr: str
 
 
-def run_refused(binary, runs, module_prefix='igam_tf.'):
+def run_refused(binary, runs):
   """[Run] of `python -m igam_tf.<binary> ARGV` for each ARGV of `runs`, in one process."""
-  job = {'module': module_prefix + binary, 'runs': [list(argv) for argv in runs]}
+  job = {'module': f'igam_tf.{binary}', 'runs': [list(argv) for argv in runs]}
   process = subprocess.run([sys.executable, '-c', _RUNNER, json.dumps(job)], cwd=REPO,
                            capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))

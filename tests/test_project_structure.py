@@ -49,7 +49,8 @@ def project_files():
 def is_binary(path):
   with open(os.path.join(REPO, path)) as f:
     text = f.read()
-  return 'app.run(' in text and "if __name__ == '__main__':" in text
+  return (('app.run(' in text or 'run_binary(' in text)
+          and "if __name__ == '__main__':" in text)
 
 
 def module_of(path):

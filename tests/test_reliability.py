@@ -77,13 +77,18 @@ class ReliabilityTest(tf.test.TestCase):
   def assert_all_refused(self, binary, cases, model_dir):
     """assert_refused for each (argv, *expected) of `cases`, run in one process."""
     before = folder_contents(model_dir)
-    runs = binary_runs.run_refused(
-        binary, [tuple(argv) + (f'--model_dir={model_dir}',) for argv, *_ in cases])
+    errors = self.assert_errors(binary, cases, (f'--model_dir={model_dir}',))
+    self.assertEqual(folder_contents(model_dir), before)
+    return errors
+
+  def assert_errors(self, binary, cases, common=()):
+    """assert_one_error for the binary run with each (argv, *expected) of `cases` (argv
+    followed by `common`), in one process; returns the ERROR lines."""
+    runs = binary_runs.run_refused(binary, [tuple(argv) + tuple(common) for argv, *_ in cases])
     errors = []
     for (argv, *expected), result in zip(cases, runs):
       with self.subTest(f'{binary} {" ".join(argv)}'):
         errors.append(self.assert_one_error(result, *expected))
-    self.assertEqual(folder_contents(model_dir), before)
     return errors
 
   def test_a_training_split_smaller_than_one_batch_is_refused_by_every_binary(self):
@@ -238,9 +243,7 @@ class ReliabilityTest(tf.test.TestCase):
         ((f'--model_dir={self.trained}',), '--model', '--export_dir'),
         (('--model=trained', f'--model_dir={damaged}', f'--export_dir={self.root}/export_damaged'),
          spec_file, 'is not a model spec')]
-    for (argv, *expected), result in zip(
-        exports, binary_runs.run_refused('export', [argv for argv, *_ in exports])):
-      self.assert_one_error(result, *expected)
+    self.assert_errors('export', exports)
     self.assertFalse(os.path.exists(f'{self.root}/export_damaged'))
     self.assert_one_error(run_binary('train_baseline', *TINY, '--train_steps=4',
                                      f'--model_dir={in_the_way}/run'),
@@ -249,14 +252,13 @@ class ReliabilityTest(tf.test.TestCase):
                         self.copy_of_trained(), 'lerning_rate, which is not a flag')
     self.assert_refused('evaluate', ('--dataset=digits', '--classes=0,1'), damaged, spec_file)
     # The demo and visualize, before any training or drawing.
-    demo = binary_runs.run_refused('demo', [(f'--output_dir={in_the_way}/demo',)])[0]
-    self.assert_one_error(demo, f'--output_dir={in_the_way}/demo', 'is a file, not a folder')
+    self.assert_errors('demo', [((f'--output_dir={in_the_way}/demo',),
+                                 f'--output_dir={in_the_way}/demo', 'is a file, not a folder')])
     visualize = [((f'--models={self.root}/no_such_model',), 'no_such_model', 'nor a folder'),
                  ((f'--models=a={self.trained},a={self.trained}',), "--models names 'a' twice"),
                  ((f'--models={self.root}',), 'holds no model')]
-    for (argv, *expected), result in zip(visualize, binary_runs.run_refused('visualize', [
-        argv + ('--dataset=digits', f'--output={self.root}/grid.png') for argv, *_ in visualize])):
-      self.assert_one_error(result, *expected)
+    self.assert_errors('visualize', visualize,
+                       ('--dataset=digits', f'--output={self.root}/grid.png'))
     self.assertFalse(os.path.exists(f'{self.root}/grid.png'))
     with open(os.path.join(damaged, 'run_config.json'), 'w') as f:
       f.write('')
@@ -271,9 +273,7 @@ class ReliabilityTest(tf.test.TestCase):
              (('--epsilon=2',), '--epsilon must be in (0, 1]'),
              (('--attacks=clean,bogus',), "--attacks: Unknown attack 'bogus'"),
              (('--seeds=a,b',), '--seeds takes integers')]
-    for (argv, *expected), result in zip(cases, binary_runs.run_refused(
-        'demo', [argv + (f'--output_dir={output_dir}',) for argv, *_ in cases])):
-      self.assert_one_error(result, *expected)
+    self.assert_errors('demo', cases, (f'--output_dir={output_dir}',))
     self.assertFalse(os.path.exists(output_dir))
     a_file = os.path.join(self.root, 'a_file_not_a_folder')
     with open(a_file, 'w') as f:
@@ -281,13 +281,11 @@ class ReliabilityTest(tf.test.TestCase):
     cases = [((f'--model_dir={self.trained}', f'--export_dir={a_file}'),
               f'--export_dir={a_file} is a file'),
              ((f'--export_dir={self.root}/never_exported',), '--model=trained needs --model_dir')]
-    for (argv, *expected), result in zip(cases, binary_runs.run_refused(
-        'export', [('--model=trained',) + argv for argv, *_ in cases])):
-      self.assert_one_error(result, *expected)
+    self.assert_errors('export', cases, ('--model=trained',))
     self.assertFalse(os.path.exists(f'{self.root}/never_exported'))
-    self.assert_one_error(binary_runs.run_refused('visualize', [(
-        f'--models={self.trained}', '--dataset=digits', '--classes=0,1',
-        f'--output={self.root}')])[0], f'--output={self.root} is a folder')
+    self.assert_errors('visualize', [((f'--models={self.trained}', '--dataset=digits',
+                                       '--classes=0,1', f'--output={self.root}'),
+                                      f'--output={self.root} is a folder')])
 
   def test_a_teacher_is_not_a_source(self):
     teacher = os.path.join(self.root, 'teacher')
