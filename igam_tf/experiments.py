@@ -19,6 +19,7 @@ from igam_tf import baselines
 from igam_tf import data
 from igam_tf import distribution
 from igam_tf import model_io
+from igam_tf import model_sources
 from igam_tf import optimization
 from igam_tf import training
 from igam_tf.discriminator import build_discriminator
@@ -176,7 +177,7 @@ def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
   strategy = job_strategy(run, data_settings.batch_size)
   train_split, stream, validation = load_training_data(data_settings)
   with strategy.scope():
-    source_model, source_spec = model_io.load_source(source, num_classes=source_num_classes)
+    source_model, source_spec = model_sources.load_source(source, num_classes=source_num_classes)
     spec = model_io.teacher_spec(source_spec, train_split.num_classes, transform,
                                  train_split.image_shape, batch_norm=teacher_bn)
     teacher = Teacher(source_model, train_split.num_classes, transform, batch_norm=teacher_bn)
@@ -194,14 +195,14 @@ def finetune_teacher(source, transform, data_settings, run, learning_rate=1e-3,
 def train_igam(student_spec, teacher, data_settings, optimizer, igam, run, teacher_transform=''):
   """Section 4.2: trains a student of `student_spec` with IGAM against a finetuned
   teacher: a folder written by `finetune_teacher`, or a MadryLab-layout checkpoint
-  with a finetuned head plus `teacher_transform` (see `model_io.load_teacher`).
+  with a finetuned head plus `teacher_transform` (see `model_sources.load_teacher`).
   Returns the student."""
   strategy = job_strategy(run, data_settings.batch_size)
   train_split, stream, validation = load_training_data(data_settings)
   student_spec = _fit_to_task(student_spec, train_split, 'student')
   with strategy.scope():
     teacher_source = teacher
-    teacher, teacher_spec = model_io.load_teacher(teacher_source, train_split.image_shape,
+    teacher, teacher_spec = model_sources.load_teacher(teacher_source, train_split.image_shape,
                                                   teacher_transform, igam.teacher_bn)
     _check_same_task(teacher_spec, train_split, 'teacher')
     if igam.teacher_bn != teacher_spec.get('batch_norm', 'moving'):

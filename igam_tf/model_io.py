@@ -1,4 +1,5 @@
-"""Saving and loading the models this project trains, and naming source models.
+"""Saving and loading the models this project trains (igam_tf.model_sources reads
+the models a user names: MadryLab checkpoints, trained folders, SavedModels).
 
 A trained model folder holds `model.json` (how to build the model: a spec) and
 `model.weights.h5`. Specs are plain dicts:
@@ -13,7 +14,6 @@ import os
 
 import keras
 
-import madry_models
 from igam_tf.architectures import build_classifier
 from igam_tf.teacher import Teacher
 
@@ -91,55 +91,3 @@ def load_model(model_dir):
 
 def _reason(error):
   return f'no {error}' if isinstance(error, KeyError) else str(error).splitlines()[0]
-
-
-def load_source(source, num_classes=None, filters=None, units_per_stage=None):
-  """A source model named on the command line, as (model, classifier spec).
-
-  `madry_mnist:PATH` or `madry_cifar10:PATH` load a MadryLab TF1 checkpoint (a
-  folder or a prefix); anything else is a folder this project trained.
-  """
-  kind, _, path = source.partition(':')
-  if kind == 'madry_mnist' and path:
-    model = madry_models.load_madry_mnist(path, num_classes=num_classes)
-    return model, classifier_spec('madry_mnist', model.num_classes,
-                                  madry_models.MadryMNIST.input_image_shape)
-  if kind == 'madry_cifar10' and path:
-    model = madry_models.load_madry_resnet(path, filters=filters,
-                                           units_per_stage=units_per_stage,
-                                           num_classes=num_classes)
-    return model, classifier_spec('madry_resnet', model.num_classes,
-                                  madry_models.MadryResNet.input_image_shape,
-                                  filters=model.filters, units_per_stage=model.units_per_stage)
-  if os.path.isdir(source):
-    model, spec = load_model(source)
-    if spec['kind'] != 'classifier':
-      raise ModelError(f'{source} holds a finetuned {spec["kind"]}, not a classifier: give '
-                       f'the model it was finetuned from')
-    return model, spec
-  raise ModelError(f'Source model {source!r} is neither madry_mnist:PATH, madry_cifar10:PATH '
-                   f'nor a trained model folder')
-
-
-def load_teacher(source, image_shape, transform='', batch_norm='moving'):
-  """A finetuned teacher, as (Teacher, teacher spec), from either a folder written by
-  finetune_teacher (which holds its transform) or a MadryLab-layout checkpoint whose
-  logits were finetuned elsewhere, e.g. the IGAM authors' `target_task_logit` head
-  (`madry_mnist:PATH` / `madry_cifar10:PATH`, with `transform` and the BN mode it was
-  finetuned with, `batch_norm`, given here)."""
-  kind = source.partition(':')[0]
-  if kind not in ('madry_mnist', 'madry_cifar10'):
-    if transform:
-      raise ModelError(f'The teacher {source!r} holds its own input transform; leave '
-                       f'--teacher_transform unset')
-    teacher, spec = load_model(source)
-    if spec['kind'] != 'teacher':
-      raise ModelError(f'{source} holds a {spec["kind"]}, not a finetuned teacher: run '
-                       f'igam_tf.finetune_teacher first')
-    return teacher, spec
-  classifier, classifier_spec_ = load_source(source)
-  teacher = Teacher(classifier, classifier.num_classes, transform, batch_norm=batch_norm)
-  teacher(keras.ops.zeros((1,) + tuple(image_shape)))
-  teacher.head.set_weights(classifier.logits.get_weights())  # the finetuned head
-  return teacher, teacher_spec(classifier_spec_, classifier.num_classes, transform, image_shape,
-                               batch_norm=batch_norm)

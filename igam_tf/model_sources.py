@@ -1,4 +1,6 @@
-"""Classifiers named on the command line, loaded for attacks and gradient maps.
+"""Models named on the command line: every place a user's `madry_*:PATH`, folder or
+SavedModel is read (`load` for attacks and gradient maps, `load_source` for a model to
+finetune, `load_teacher` for IGAM's teacher).
 
 A source is one of
   madry_mnist:PATH, madry_cifar10:PATH   a MadryLab TF1 checkpoint (folder or prefix)
@@ -18,7 +20,9 @@ import os
 import keras
 import tensorflow as tf
 
+import madry_models
 from igam_tf import model_io
+from igam_tf.teacher import Teacher
 
 MADRY_KINDS = ('madry_mnist', 'madry_cifar10')
 SAVED_MODEL_FILE, SAVED_MODEL_FOLDER = 'saved_model.pb', 'saved_model'
@@ -83,9 +87,15 @@ def _holds_model(folder):
           or _is_saved_model(os.path.join(folder, SAVED_MODEL_FOLDER)))
 
 
-def default_name(source):
+def _madry_checkpoint(source):
+  """(kind, path) of a `madry_mnist:PATH` or `madry_cifar10:PATH` source, else (None, None)."""
   kind, _, path = source.partition(':')
-  if kind in MADRY_KINDS and path:
+  return (kind, path) if kind in MADRY_KINDS and path else (None, None)
+
+
+def default_name(source):
+  kind, _ = _madry_checkpoint(source)
+  if kind:
     return kind
   return os.path.basename(os.path.normpath(source))
 
@@ -98,9 +108,9 @@ def load(source, name=None):
     madry_models.CheckpointError (a ValueError): a checkpoint that does not fit.
   """
   name = name or default_name(source)
-  kind, _, path = source.partition(':')
-  if kind in MADRY_KINDS and path:
-    model, spec = model_io.load_source(source)
+  kind, _ = _madry_checkpoint(source)
+  if kind:
+    model, spec = load_source(source)
     return Classifier(name, source, kind, model, tuple(spec['image_shape']))
   if not os.path.isdir(source):
     raise model_io.ModelError(f'{source!r} is neither madry_mnist:PATH, madry_cifar10:PATH '
@@ -148,3 +158,55 @@ def check_fits(classifier, image_shape, num_classes):
     raise model_io.ModelError(
         f'{classifier.name} predicts {int(logits.shape[-1])} classes, but the dataset (with '
         f'--classes) has {num_classes}')
+
+
+def load_source(source, num_classes=None, filters=None, units_per_stage=None):
+  """A source model named on the command line, as (model, classifier spec).
+
+  `madry_mnist:PATH` or `madry_cifar10:PATH` load a MadryLab TF1 checkpoint (a
+  folder or a prefix); anything else is a folder this project trained.
+  """
+  kind, path = _madry_checkpoint(source)
+  if kind == 'madry_mnist':
+    model = madry_models.load_madry_mnist(path, num_classes=num_classes)
+    return model, model_io.classifier_spec('madry_mnist', model.num_classes,
+                                           madry_models.MadryMNIST.input_image_shape)
+  if kind == 'madry_cifar10':
+    model = madry_models.load_madry_resnet(path, filters=filters,
+                                           units_per_stage=units_per_stage,
+                                           num_classes=num_classes)
+    return model, model_io.classifier_spec('madry_resnet', model.num_classes,
+                                           madry_models.MadryResNet.input_image_shape,
+                                           filters=model.filters,
+                                           units_per_stage=model.units_per_stage)
+  if os.path.isdir(source):
+    model, spec = model_io.load_model(source)
+    if spec['kind'] != 'classifier':
+      raise model_io.ModelError(f'{source} holds a finetuned {spec["kind"]}, not a classifier: give '
+                       f'the model it was finetuned from')
+    return model, spec
+  raise model_io.ModelError(f'Source model {source!r} is neither madry_mnist:PATH, madry_cifar10:PATH '
+                   f'nor a trained model folder')
+
+
+def load_teacher(source, image_shape, transform='', batch_norm='moving'):
+  """A finetuned teacher, as (Teacher, teacher spec), from either a folder written by
+  finetune_teacher (which holds its transform) or a MadryLab-layout checkpoint whose
+  logits were finetuned elsewhere, e.g. the IGAM authors' `target_task_logit` head
+  (`madry_mnist:PATH` / `madry_cifar10:PATH`, with `transform` and the BN mode it was
+  finetuned with, `batch_norm`, given here)."""
+  if not _madry_checkpoint(source)[0]:
+    if transform:
+      raise model_io.ModelError(f'The teacher {source!r} holds its own input transform; leave '
+                       f'--teacher_transform unset')
+    teacher, spec = model_io.load_model(source)
+    if spec['kind'] != 'teacher':
+      raise model_io.ModelError(f'{source} holds a {spec["kind"]}, not a finetuned teacher: run '
+                       f'igam_tf.finetune_teacher first')
+    return teacher, spec
+  classifier, classifier_spec_ = load_source(source)
+  teacher = Teacher(classifier, classifier.num_classes, transform, batch_norm=batch_norm)
+  teacher(keras.ops.zeros((1,) + tuple(image_shape)))
+  teacher.head.set_weights(classifier.logits.get_weights())  # the finetuned head
+  return teacher, model_io.teacher_spec(classifier_spec_, classifier.num_classes, transform,
+                                        image_shape, batch_norm=batch_norm)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from igam_tf import experiments
 from igam_tf import model_io
+from igam_tf import model_sources
 from igam_tf import training
 from igam_tf.architectures import build_classifier
 from igam_tf.baselines import StandardTraining
@@ -346,7 +347,7 @@ class JobTest(tf.test.TestCase):
     root = tempfile.mkdtemp()
     prefix, images, head_logits = tf1_reference.build_madry_mnist_checkpoint(
         os.path.join(root, 'authors'), finetuned_classes=3)
-    teacher, spec = model_io.load_teacher(f'madry_mnist:{prefix}', (28, 28, 1))
+    teacher, spec = model_sources.load_teacher(f'madry_mnist:{prefix}', (28, 28, 1))
     self.assertEqual(spec['num_classes'], 3)
     self.assertLessEqual(tf1_reference.relative_error(teacher(images), head_logits), 1e-4)
     target = experiments.DataSettings('digits', classes=(3, 4, 5), batch_size=8,
@@ -359,7 +360,7 @@ class JobTest(tf.test.TestCase):
         experiments.RunSettings(os.path.join(root, 'igam'), 2, 2, verbose=0))
     self.assertTrue(experiments.trained_model_exists(os.path.join(root, 'igam')))
     with self.assertRaisesRegex(model_io.ModelError, 'holds its own input transform'):
-      model_io.load_teacher(os.path.join(root, 'igam'), (28, 28, 1), 'channel_average')
+      model_sources.load_teacher(os.path.join(root, 'igam'), (28, 28, 1), 'channel_average')
 
 
 class BinaryErrorTest(tf.test.TestCase):
