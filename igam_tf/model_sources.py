@@ -182,11 +182,11 @@ def load_source(source, num_classes=None, filters=None, units_per_stage=None):
   if os.path.isdir(source):
     model, spec = model_io.load_model(source)
     if spec['kind'] != 'classifier':
-      raise model_io.ModelError(f'{source} holds a finetuned {spec["kind"]}, not a classifier: give '
-                       f'the model it was finetuned from')
+      raise model_io.ModelError(f'{source} holds a finetuned {spec["kind"]}, not a '
+                                f'classifier: give the model it was finetuned from')
     return model, spec
-  raise model_io.ModelError(f'Source model {source!r} is neither madry_mnist:PATH, madry_cifar10:PATH '
-                   f'nor a trained model folder')
+  raise model_io.ModelError(f'Source model {source!r} is neither madry_mnist:PATH, '
+                            f'madry_cifar10:PATH nor a trained model folder')
 
 
 def load_teacher(source, image_shape, transform='', batch_norm='moving'):
@@ -197,12 +197,12 @@ def load_teacher(source, image_shape, transform='', batch_norm='moving'):
   finetuned with, `batch_norm`, given here)."""
   if not _madry_checkpoint(source)[0]:
     if transform:
-      raise model_io.ModelError(f'The teacher {source!r} holds its own input transform; leave '
-                       f'--teacher_transform unset')
+      raise model_io.ModelError(f'The teacher {source!r} holds its own input transform; '
+                                f'leave --teacher_transform unset')
     teacher, spec = model_io.load_model(source)
     if spec['kind'] != 'teacher':
-      raise model_io.ModelError(f'{source} holds a {spec["kind"]}, not a finetuned teacher: run '
-                       f'igam_tf.finetune_teacher first')
+      raise model_io.ModelError(f'{source} holds a {spec["kind"]}, not a finetuned teacher: '
+                                f'run igam_tf.finetune_teacher first')
     return teacher, spec
   classifier, classifier_spec_ = load_source(source)
   teacher = Teacher(classifier, classifier.num_classes, transform, batch_norm=batch_norm)
