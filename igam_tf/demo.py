@@ -20,10 +20,10 @@ whole demo runs once per seed (OUTPUT_DIR/seed_<N>) and OUTPUT_DIR/results_over_
 gives each model's mean and range: how far a run moves with its seed.
 """
 
+import dataclasses
 import json
 import os
 import platform
-import re
 import time
 
 from absl import flags
@@ -38,52 +38,64 @@ from igam_tf import flag_groups
 from igam_tf import masking_checks
 from igam_tf import model_io
 from igam_tf import serving
+from igam_tf import settings
 from igam_tf import visualization
 
 # The models of the table, in its order: target-task models only.
 MODELS = ('teacher', 'igam', 'standard', 'pgd_at', 'grad_norm', 'igam_standard_teacher')
 
 
+def _epsilon_in_range(eps):
+  if not 0 < eps <= 1:
+    raise ValueError('must be in (0, 1]: pixels are in [0, 1]')
+
+
+def _not_negative(value):
+  if value < 0:
+    raise ValueError('must not be negative')
+
+
+@dataclasses.dataclass
+class DemoSettings:
+  """The demo's options; every job's settings follow from them (`run_demo`)."""
+  output_dir: str = settings.option(None, 'Where every model, export and the results go.')
+  source_classes: tuple[int, ...] = settings.option((0, 1, 2, 3, 4), 'Digits of the source task.')
+  target_classes: tuple[int, ...] = settings.option((5, 6, 7, 8, 9), 'Digits of the target task.')
+  epsilon: float = settings.option(0.1, 'L-inf radius (pixels in [0, 1]) for the robust '
+                                   'teacher, PGD-AT and every attack.', check=_epsilon_in_range)
+  teacher_steps: int = settings.option(400, 'Steps of PGD-10 training of the robust teacher.',
+                                       check=settings.positive)
+  finetune_steps: int = settings.option(100, 'Steps of logit finetuning of each teacher.',
+                                        check=settings.positive)
+  student_steps: int = settings.option(300, 'Training steps of every student.',
+                                       check=settings.positive)
+  batch_size: int = settings.option(64, 'Batch size of every job.', check=settings.positive)
+  adv_weight: float = settings.option(1.0, 'IGAM\'s L_adv weight.', check=_not_negative)
+  diff_weight: float = settings.option(1e4, 'IGAM\'s L_diff weight, also the grad_norm '
+                                       'control\'s penalty weight (see the README on its '
+                                       'scale).', check=_not_negative)
+  # A smooth activation has the second derivatives that IGAM and grad_norm train through.
+  student: settings.StudentSettings = settings.group(
+      settings.StudentSettings, 'student_', 'the students', filters=(16, 16, 32, 64),
+      units_per_stage=1, activation='softplus')
+  attacks: tuple[str, ...] = settings.option(
+      ('clean', 'fgsm', 'pgd20', 'autoattack'), 'Attacks of the table; autoattack (the '
+      'standard ensemble) also gets a table of its own.')
+  masking_examples: int = settings.option(150, 'Test examples the gradient-masking checks '
+                                          'attack (0: skip the checks).', check=_not_negative)
+  seed: int = settings.option(0, 'Seeds every job and attack.')
+  seeds: tuple[int, ...] = settings.option(
+      (), 'Run the whole demo once per seed, in OUTPUT_DIR/seed_<N>, and write '
+      'OUTPUT_DIR/results_over_seeds.{md,json}: each model\'s mean and range over them. '
+      'Unset: one run, with --seed, in OUTPUT_DIR.')
+  devices: settings.DeviceSettings = settings.group(settings.DeviceSettings)
+
+
 def define_flags():
-  flags.DEFINE_string('output_dir', None, 'Where every model, export and the results go.')
-  flags.DEFINE_list('source_classes', ['0', '1', '2', '3', '4'], 'Digits of the source task.')
-  flags.DEFINE_list('target_classes', ['5', '6', '7', '8', '9'], 'Digits of the target task.')
-  flags.DEFINE_float('epsilon', 0.1, 'L-inf radius (pixels in [0, 1]) for the robust '
-                     'teacher, PGD-AT and every attack.')
-  flags.DEFINE_integer('teacher_steps', 400, 'Steps of PGD-10 training of the robust teacher.')
-  flags.DEFINE_integer('finetune_steps', 100, 'Steps of logit finetuning of each teacher.')
-  flags.DEFINE_integer('student_steps', 300, 'Training steps of every student.')
-  flags.DEFINE_integer('batch_size', 64, 'Batch size of every job.')
-  flags.DEFINE_float('adv_weight', 1.0, 'IGAM\'s L_adv weight.')
-  flags.DEFINE_float('diff_weight', 1e4, 'IGAM\'s L_diff weight, also the grad_norm '
-                     'control\'s penalty weight (see the README on its scale).')
-  flags.DEFINE_string('student_architecture', 'madry_resnet', 'Students\' architecture.')
-  flags.DEFINE_list('student_filters', ['16', '16', '32', '64'], 'Students\' widths.')
-  flags.DEFINE_integer('student_units_per_stage', 1, 'madry_resnet students: units per stage.')
-  flags.DEFINE_string('student_activation', 'softplus', 'Students\' activation: a smooth one '
-                      'has the second derivatives that IGAM and grad_norm train through.')
-  flags.DEFINE_list('attacks', ['clean', 'fgsm', 'pgd20', 'autoattack'], 'Attacks of the '
-                    'table; autoattack (the standard ensemble) also gets a table of its own.')
-  flags.DEFINE_integer('masking_examples', 150, 'Test examples the gradient-masking checks '
-                       'attack (0: skip the checks).')
-  flags.DEFINE_integer('seed', 0, 'Seeds every job and attack.')
-  flags.DEFINE_list('seeds', [], 'Run the whole demo once per seed, in OUTPUT_DIR/seed_<N>, '
-                    'and write OUTPUT_DIR/results_over_seeds.{md,json}: each model\'s mean '
-                    'and range over them. Unset: one run, with --seed, in OUTPUT_DIR.')
-  flag_groups.define_strategy_flags()
+  flag_groups.define_job_flags(DemoSettings)
+  flags.adopt_module_key_flags(flag_groups)  # so that --help lists them
   flags.mark_flag_as_required('output_dir')
-  for name in ('teacher_steps', 'finetune_steps', 'student_steps', 'batch_size',
-               'student_units_per_stage'):
-    flag_groups.register_positive(name)
-  flags.register_validator('masking_examples', lambda n: n >= 0,
-                           message='--masking_examples must be 0 (no checks) or more')
-  flags.register_validator('epsilon', lambda eps: 0 < eps <= 1,
-                           message='--epsilon must be in (0, 1]: pixels are in [0, 1]')
-  for name in ('adv_weight', 'diff_weight'):
-    flags.register_validator(name, lambda w: w >= 0, message=f'--{name} must not be negative')
   flag_groups.register_attack_names('attacks')
-  flags.register_validator('seeds', lambda seeds: all(re.fullmatch(r'-?\d+', s) for s in seeds),
-                           message='--seeds takes integers, e.g. --seeds=0,1,2')
 
 
 def _machine():
@@ -93,72 +105,66 @@ def _machine():
           f'{platform.python_version()}, TensorFlow {tf.__version__}')
 
 
-def demo_settings(f, seed):
-  """What a demo's results.json records of the flags it ran with."""
-  return {'dataset': 'digits', 'source_classes': list(f.source_classes),
-          'target_classes': list(f.target_classes), 'epsilon': f.epsilon,
-          'pgd_step_size': f.epsilon / 4, 'batch_size': f.batch_size,
-          'teacher_steps': f.teacher_steps, 'finetune_steps': f.finetune_steps,
-          'student_steps': f.student_steps, 'adv_weight': f.adv_weight,
-          'diff_weight': f.diff_weight, 'seed': seed,
-          'student': (f'{f.student_architecture} {",".join(f.student_filters)} '
-                      f'({f.student_units_per_stage} unit/stage) {f.student_activation}'),
-          'teacher': 'madry_mnist (ReLU), PGD-10 trained on the source task',
-          'attacks': list(f.attacks), 'masking_examples': f.masking_examples}
+def recorded_settings(demo, seed):
+  """What a demo's results.json records of its settings: every option with this seed,
+  less where it writes and how it runs (as a training run records its job's settings)."""
+  recorded = dataclasses.asdict(dataclasses.replace(demo, seed=seed))
+  for unrecorded in ('output_dir', 'seeds', 'devices'):
+    del recorded[unrecorded]
+  return json.loads(json.dumps(recorded))  # tuples as lists, as they come back from disk
 
 
-def run_demo(f, seed, root):
-  """One whole demo with `seed`, in the folder `root`; returns its Markdown report."""
+def run_demo(demo, seed, root):
+  """One whole demo (`demo`, a DemoSettings) with `seed`, in the folder `root`; returns
+  its Markdown report."""
   start, timings = time.time(), {}
   root = root.rstrip('/')
   # Made before anything runs (a split CPU or several workers need that); every job
   # and the evaluation run under it.
-  strategy = distribution.get_strategy(f.strategy, f.cpu_replicas)
-  eps = f.epsilon
-  adam = experiments.OptimizerSettings('adam', 1e-3, weight_decay=0.0)
+  strategy = distribution.get_strategy(demo.devices.strategy, demo.devices.cpu_replicas)
+  eps = demo.epsilon
+  adam = settings.OptimizerSettings('adam', 1e-3, weight_decay=0.0)
+  source, target = (settings.DataSettings('digits', classes=classes,
+                                          batch_size=demo.batch_size, validation_split='',
+                                          seed=seed)
+                    for classes in (demo.source_classes, demo.target_classes))
 
-  def task(classes):
-    return experiments.DataSettings('digits', classes=tuple(int(c) for c in classes),
-                                    batch_size=f.batch_size, validation_split='', seed=seed)
-
-  def run(name, steps, job):
+  def run(name, steps, job_class, **job):
     began = time.time()
     logging.info('Demo job %s (%d steps)', name, steps)
-    job(experiments.RunSettings(f'{root}/{name}', steps, steps, strategy=f.strategy,
-                                cpu_replicas=f.cpu_replicas, verbose=2))
+    run_settings = settings.RunSettings(f'{root}/{name}', steps, steps,
+                                        devices=demo.devices, verbose=2)
+    train = {settings.FinetuneJob: experiments.finetune_teacher,
+             settings.IGAMJob: experiments.train_igam,
+             settings.BaselineJob: experiments.train_baseline}[job_class]
+    train(job_class(**job, run=run_settings))
     timings[name] = round(time.time() - began, 1)
 
-  source, target = task(f.source_classes), task(f.target_classes)
-  teacher_spec = model_io.classifier_spec('madry_mnist')
-  student = model_io.classifier_spec(
-      f.student_architecture, activation=f.student_activation,
-      filters=tuple(int(w) for w in f.student_filters) or None,
-      units_per_stage=f.student_units_per_stage)
-  pgd = lambda steps: experiments.BaselineSettings(epsilon=eps, pgd_steps=steps,
-                                                   pgd_step_size=eps / 4)
-  igam = experiments.IGAMSettings(adv_weight=f.adv_weight, diff_weight=f.diff_weight,
-                                  disc_blocks=3, disc_filters=16, disc_optimizer=adam)
+  madry_mnist = settings.StudentSettings('madry_mnist')
+  pgd = lambda steps: settings.BaselineSettings(epsilon=eps, pgd_steps=steps,
+                                                pgd_step_size=eps / 4)
+  igam = settings.IGAMSettings(adv_weight=demo.adv_weight, diff_weight=demo.diff_weight,
+                               disc_blocks=3, disc_filters=16, disc_optimizer=adam)
+  students = dict(student=demo.student, optimizer=adam, data=target)
 
-  run('robust_source', f.teacher_steps, lambda r: experiments.train_baseline(
-      'pgd_at', teacher_spec, source, adam, pgd(10), r))
+  run('robust_source', demo.teacher_steps, settings.BaselineJob, method='pgd_at',
+      baseline=pgd(10), student=madry_mnist, optimizer=adam, data=source)
   # As many steps as the robust source, so the two controls differ only in robustness.
-  run('standard_source', f.teacher_steps, lambda r: experiments.train_baseline(
-      'standard', teacher_spec, source, adam, experiments.BaselineSettings(), r))
-  run('teacher', f.finetune_steps, lambda r: experiments.finetune_teacher(
-      f'{root}/robust_source', '', target, r))
-  run('standard_teacher', f.finetune_steps, lambda r: experiments.finetune_teacher(
-      f'{root}/standard_source', '', target, r))
-  run('igam', f.student_steps, lambda r: experiments.train_igam(
-      student, f'{root}/teacher', target, adam, igam, r))
-  run('igam_standard_teacher', f.student_steps, lambda r: experiments.train_igam(
-      student, f'{root}/standard_teacher', target, adam, igam, r))
-  run('standard', f.student_steps, lambda r: experiments.train_baseline(
-      'standard', student, target, adam, experiments.BaselineSettings(), r))
-  run('pgd_at', f.student_steps, lambda r: experiments.train_baseline(
-      'pgd_at', student, target, adam, pgd(7), r))
-  run('grad_norm', f.student_steps, lambda r: experiments.train_baseline(
-      'grad_norm', student, target, adam,
-      experiments.BaselineSettings(penalty_weight=f.diff_weight), r))
+  run('standard_source', demo.teacher_steps, settings.BaselineJob, method='standard',
+      student=madry_mnist, optimizer=adam, data=source)
+  run('teacher', demo.finetune_steps, settings.FinetuneJob, source=f'{root}/robust_source',
+      data=target)
+  run('standard_teacher', demo.finetune_steps, settings.FinetuneJob,
+      source=f'{root}/standard_source', data=target)
+  run('igam', demo.student_steps, settings.IGAMJob, teacher=f'{root}/teacher', igam=igam,
+      **students)
+  run('igam_standard_teacher', demo.student_steps, settings.IGAMJob,
+      teacher=f'{root}/standard_teacher', igam=igam, **students)
+  run('standard', demo.student_steps, settings.BaselineJob, method='standard', **students)
+  run('pgd_at', demo.student_steps, settings.BaselineJob, method='pgd_at', baseline=pgd(7),
+      **students)
+  run('grad_norm', demo.student_steps, settings.BaselineJob, method='grad_norm',
+      baseline=settings.BaselineSettings(penalty_weight=demo.diff_weight), **students)
 
   began = time.time()
   with strategy.scope():
@@ -166,16 +172,16 @@ def run_demo(f, seed, root):
   for name, model in models.items():
     serving.export_classifier(model, f'{root}/{name}/saved_model', (28, 28, 1),
                               overwrite=True)
-  test = data.load_dataset('digits', 'test', classes=tuple(int(c) for c in f.target_classes))
+  test = data.load_dataset('digits', 'test', classes=demo.target_classes)
   attacked = time.time()
-  evaluated = evaluation.evaluate_models(models, test, f.attacks, eps, seed=seed,
+  evaluated = evaluation.evaluate_models(models, test, demo.attacks, eps, seed=seed,
                                          strategy=strategy)
   timings['attacks'] = round(time.time() - attacked, 1)
   warnings, checks_began = [], time.time()
-  if f.masking_examples:
+  if demo.masking_examples:
     for name, model in models.items():
       report = masking_checks.run_checks(
-          model, test, eps, num_examples=f.masking_examples, seed=seed,
+          model, test, eps, num_examples=demo.masking_examples, seed=seed,
           transfer_source=None if name == 'standard' else models['standard'],
           transfer_name='the standard student')
       warnings += [f'{name}: {warning}' for warning in report.warnings]
@@ -185,19 +191,19 @@ def run_demo(f, seed, root):
                           visualization.gradient_grid(models, images, labels))
   timings['evaluation'] = round(time.time() - began, 1)
   timings['total'] = round(time.time() - start, 1)
-  settings = {**demo_settings(f, seed), 'test_examples': test.num_examples, 'seconds': timings,
-              'machine': _machine()}
+  recorded = {**recorded_settings(demo, seed), 'test_examples': test.num_examples,
+              'seconds': timings, 'machine': _machine()}
   checked = (f'Gradient-masking checks (igam_tf/masking_checks.py, transfer attacks from the '
-             f'standard student) ran on {f.masking_examples} examples: '
+             f'standard student) ran on {demo.masking_examples} examples: '
              + (f'{len(warnings)} warning(s) below.' if warnings else 'no warnings.')
-             if f.masking_examples else 'Gradient-masking checks skipped.')
+             if demo.masking_examples else 'Gradient-masking checks skipped.')
   if evaluated.autoattack_runs:
     checked += (f' AutoAttack\'s sanity checks: {len(evaluated.warnings)} warning(s)'
                 + (' below.' if evaluated.warnings else '.'))
   warnings += evaluated.warnings
   return evaluation.write_report(
-      root, evaluated, settings, title='IGAM demo on digits: target-task accuracy (%)',
-      notes=DEMO_NOTES + tuple(ENSEMBLE_NOTES[a] for a in f.attacks if a in ENSEMBLE_NOTES)
+      root, evaluated, recorded, title='IGAM demo on digits: target-task accuracy (%)',
+      notes=DEMO_NOTES + tuple(ENSEMBLE_NOTES[a] for a in demo.attacks if a in ENSEMBLE_NOTES)
       + (checked,), warnings=warnings)
 
 
@@ -258,14 +264,14 @@ def _has_results(path, settings):
   return False
 
 
-def run_seeds(f, seeds):
+def run_seeds(demo, seeds):
   """The whole demo once per seed, then the summary over them; returns its Markdown."""
-  root = f.output_dir.rstrip('/')
+  root = demo.output_dir.rstrip('/')
   reports = {}
   for seed in seeds:
     results = f'{root}/seed_{seed}/results.json'
-    if not _has_results(results, demo_settings(f, seed)):
-      run_demo(f, seed, f'{root}/seed_{seed}')
+    if not _has_results(results, recorded_settings(demo, seed)):
+      run_demo(demo, seed, f'{root}/seed_{seed}')
     with open(results) as report:
       reports[seed] = json.load(report)
   summary = summarize_seeds(reports)
@@ -280,12 +286,12 @@ def run_seeds(f, seeds):
 @flag_groups.reports_errors
 def main(argv):
   del argv
-  f = flags.FLAGS
-  flag_groups.check_writable('output_dir', f.output_dir)  # before minutes of training
-  if f.seeds:
-    print(run_seeds(f, [int(s) for s in f.seeds]))
+  demo = flag_groups.job_from_flags(DemoSettings, flags.FLAGS)
+  flag_groups.check_writable('output_dir', demo.output_dir)  # before minutes of training
+  if demo.seeds:
+    print(run_seeds(demo, list(demo.seeds)))
   else:
-    print(run_demo(f, f.seed, f.output_dir))
+    print(run_demo(demo, demo.seed, demo.output_dir))
 
 
 def run():

@@ -30,6 +30,7 @@ from igam_tf import evaluation
 from igam_tf import flag_groups
 from igam_tf import masking_checks
 from igam_tf import model_sources
+from igam_tf.settings import DeviceSettings
 
 MODEL_FLAGS = ('saved_model', 'model_dir', 'checkpoint')
 
@@ -89,7 +90,7 @@ def define_flags():
                        lower_bound=1)
   flags.DEFINE_integer('batch_size', 100, 'Global batch size of the attacks.', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Fixes every random start.')
-  flag_groups.define_strategy_flags()
+  flag_groups.define_job_flags(DeviceSettings)  # --strategy, --cpu_replicas
   flags.DEFINE_string('output', None, 'Write the results as JSON and Markdown: a .json file '
                       '(the .md beside it), a folder, or a path prefix (PREFIX.json, PREFIX.md).')
   flags.DEFINE_bool('masking_checks', True, 'Check for gradient masking (see '
@@ -193,7 +194,8 @@ def run_evaluation(f):
   if f.output:  # an output that cannot be written fails now, not after the attacks
     flag_groups.check_writable('output', f.output, os.path.dirname(
         os.path.abspath(evaluation.output_paths(f.output)[0])))
-  strategy = distribution.get_strategy(f.strategy, f.cpu_replicas)
+  devices = flag_groups.job_from_flags(DeviceSettings, f)
+  strategy = distribution.get_strategy(devices.strategy, devices.cpu_replicas)
   split = data.load_dataset(f.dataset, f.split, data_dir=f.data_dir, image_size=f.image_size,
                             classes=f.classes)
   examples = _count(split, f.num_examples)

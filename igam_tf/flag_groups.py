@@ -1,43 +1,27 @@
-"""Flag groups the training binaries share, and their conversion to settings.
+"""Flags from settings, and what every binary does with its flags and errors.
 
-Only binaries import this module (flags are defined under their `__main__`);
-the converters take the parsed flag values as an argument and never read the
-global FLAGS themselves. Flag values that make no sense (a negative rate or
-weight, an epsilon outside [0, 1], one class) are refused when the flags are
-parsed, before any work; `parse_flags` reports them as a one-line error.
+Only binaries import this module (flags are defined under their `__main__`). A
+binary defines the flags of its job's settings class (`define_job_flags`, from the
+options igam_tf.settings declares) and builds its one settings object from the
+parsed values (`job_from_flags`, which takes them as an argument and never reads
+the global FLAGS itself). Flag values that make no sense (a negative rate or weight,
+an epsilon outside [0, 1], one class) are refused when the flags are parsed, before
+any work; `parse_flags` reports them as a one-line error.
 """
 
+import dataclasses
 import functools
 import os
 import runpy
 import sys
 import tempfile
+import typing
 
 from absl import app
 from absl import flags
 
-import madry_models
-from igam_tf import architectures
 from igam_tf import attacks
-from igam_tf import data
-from igam_tf import distribution
-from igam_tf import experiments
-from igam_tf import model_io
-from igam_tf import optimization
-from igam_tf import teacher
 from igam_tf import training
-
-
-def _check_classes(classes):
-  try:
-    ids = [int(c) for c in classes]
-  except ValueError:
-    raise flags.ValidationError(f'--classes takes integer class ids, got '
-                                f'{",".join(classes)}') from None
-  if len(ids) == 1:
-    raise flags.ValidationError('--classes names one class: a classifier needs at least '
-                                'two (leave it unset for every class)')
-  return True
 
 
 def register_attack_names(name='attacks'):
@@ -58,59 +42,112 @@ def register_positive(name):
                            message=f'--{name} must be positive')
 
 
-def define_data_flags(default_dataset='cifar10', default_batch_size=128):
-  flags.DEFINE_string('dataset', default_dataset,
-                      f'One of {data.VALID_SPECS} (see igam_tf/data.py).')
-  flags.DEFINE_string('data_dir', None, 'Where TFDS datasets are prepared.')
-  flags.DEFINE_list('classes', [], 'Keep only these class ids (at least two), relabelled '
-                    '0..K-1.')
-  flags.register_validator('classes', _check_classes)
-  flags.DEFINE_integer('image_size', None, 'Resize images to this square size.')
-  flags.DEFINE_enum('augment', 'none', ['none', 'madry'],
-                    'madry: pad, random crop and horizontal flip (Madry CIFAR).')
-  flags.DEFINE_float('pixel_noise', 0.0, 'Uniform pixel noise U(-a, a) on the [0, 1] scale '
-                     '(the authors used 8/255 for CIFAR-10 -> CIFAR-100).',
-                     lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_integer('batch_size', default_batch_size, 'Global batch size.', lower_bound=1)
-  flags.DEFINE_string('validation_split', 'test', 'Split evaluated at each checkpoint; '
-                      'empty for none.')
-  flags.DEFINE_integer('seed', 0, 'Seeds data order, augmentation and attacks.')
+def define_job_flags(job_class):
+  """Defines a flag for each option of `job_class` and its groups (see igam_tf.settings),
+  with its help, default, choices, bounds and checks; an option whose flag this binary
+  already defined is skipped (train_baseline's finetune shares the baselines' data and
+  run flags). A job with a run group also gets --model_dir required and its checks."""
+  defined_run = False
+  for name, field, default, owner in _options(job_class):
+    if name in flags.FLAGS:
+      continue
+    _define_flag(name, field, default, owner)
+    defined_run |= name == 'model_dir'
+  if defined_run:
+    flags.mark_flag_as_required('model_dir')
+    flags.register_multi_flags_validator(
+        ['train_steps', 'checkpoint_every'],
+        lambda v: v['train_steps'] % v['checkpoint_every'] == 0,
+        message='--train_steps must be a multiple of --checkpoint_every')
+    flags.register_validator('resume_with_changes', _check_resume_with_changes)
 
 
-def define_strategy_flags():
-  """--strategy and --cpu_replicas (read by `distribution.get_strategy`)."""
-  flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
-                    'default: one device; mirrored: all local GPUs (without GPUs, '
-                    '--cpu_replicas logical CPUs), each batch split over them; '
-                    'multi_worker_mirrored: several machines, refused for now (see README). '
-                    'Results are those of one device with the same --batch_size.')
-  flags.DEFINE_integer('cpu_replicas', 1, 'Split the host CPU into this many logical '
-                       'devices, the replicas of --strategy=mirrored on a machine without '
-                       'GPUs (to try the distributed path on a laptop or CI).', lower_bound=1)
+def job_from_flags(job_class, values):
+  """The settings object `job_class` from parsed flag `values`: each option from its flag
+  (converted to the option's type), each group from its prefixed flags; an option this
+  binary has no flag for keeps its default. A --model_dir that cannot be written is
+  refused here, before any work."""
+  job = _from_flags(job_class, values, '')
+  if getattr(job, 'run', None) is not None:
+    check_writable('model_dir', job.run.model_dir)
+  return job
 
 
-def define_run_flags(default_steps=1000, default_checkpoint_every=100):
-  flags.DEFINE_string('model_dir', None, 'Checkpoints, TensorBoard logs and the trained model '
-                      'go here; a rerun with the same flags resumes.')
-  flags.DEFINE_integer('train_steps', default_steps, 'Training steps.', lower_bound=1)
-  flags.DEFINE_integer('checkpoint_every', default_checkpoint_every,
-                       'Steps between checkpoints (train_steps must be a multiple).',
-                       lower_bound=1)
-  define_strategy_flags()
-  flags.DEFINE_integer('summary_every', 50, 'Steps between TensorBoard scalars.',
-                       lower_bound=1)
-  flags.DEFINE_list('resume_with_changes', [], 'Settings (flag names) a rerun may change '
-                    'when it resumes the run in --model_dir, e.g. learning_rate after a NaN '
-                    'loss: the optimizers\' settings, the loss weights and train_steps, never '
-                    'the architecture or the data. Each change is recorded in the folder\'s '
-                    f'{training.RUN_HISTORY}.')
-  flags.mark_flag_as_required('model_dir')
-  flags.register_multi_flags_validator(
-      ['train_steps', 'checkpoint_every'],
-      lambda v: v['train_steps'] is None or v['checkpoint_every'] is None
-      or v['train_steps'] % v['checkpoint_every'] == 0,
-      message='--train_steps must be a multiple of --checkpoint_every')
-  flags.register_validator('resume_with_changes', _check_resume_with_changes)
+def _default(settings, field):
+  """A field's default: its value in a settings instance, or the class's default."""
+  if not isinstance(settings, type):
+    return getattr(settings, field.name)
+  if field.default_factory is not dataclasses.MISSING:
+    return field.default_factory()
+  return field.default
+
+
+def _options(settings, prefix='', owner='the student'):
+  """(flag name, field, default, owner) of each option under a settings class or instance."""
+  for field in dataclasses.fields(settings):
+    if 'prefix' in field.metadata:  # a group: its own defaults, prefix and owner
+      yield from _options(_default(settings, field), prefix + field.metadata['prefix'],
+                          field.metadata['owner'])
+    elif field.metadata.get('flag'):
+      yield prefix + field.name, field, _default(settings, field), owner
+
+
+def _from_flags(settings, values, prefix):
+  changes = {}
+  for field in dataclasses.fields(settings):
+    name = prefix + field.name
+    if 'prefix' in field.metadata:
+      changes[field.name] = _from_flags(_default(settings, field), values,
+                                        prefix + field.metadata['prefix'])
+    elif field.metadata.get('flag') and name in values:
+      changes[field.name] = _converted(field, values[name].value)
+  if isinstance(settings, type):
+    return settings(**changes)
+  return dataclasses.replace(settings, **changes)
+
+
+def _converted(field, value):
+  """A flag's value as the option's type: a list flag gives a tuple of its item type."""
+  if typing.get_origin(field.type) is not tuple or value is None:
+    return value
+  item = typing.get_args(field.type)[0]
+  try:
+    return tuple(item(v) for v in value)
+  except ValueError:
+    raise ValueError(f'takes {"integers" if item is int else "numbers"}, got '
+                     f'{",".join(value)}') from None
+
+
+def _define_flag(name, field, default, owner):
+  meta = field.metadata
+  help_text = meta['help'].replace('{owner}', owner)
+  if default is None:
+    help_text += meta['unset_help']
+  bounds = dict(lower_bound=meta['lower_bound'], upper_bound=meta['upper_bound'])
+  if meta['choices']:
+    flags.DEFINE_enum(name, default, list(meta['choices']), help_text)
+  elif typing.get_origin(field.type) is tuple:
+    flags.DEFINE_list(name, [str(v) for v in default], help_text)
+  elif field.type is int:
+    flags.DEFINE_integer(name, default, help_text, **bounds)
+  elif field.type is float:
+    flags.DEFINE_float(name, default, help_text, **bounds)
+  elif field.type is bool:
+    flags.DEFINE_boolean(name, default, help_text)
+  else:
+    flags.DEFINE_string(name, default, help_text)
+  if typing.get_origin(field.type) is tuple or meta['check']:
+    flags.register_validator(name, functools.partial(_check_option, name, field))
+
+
+def _check_option(name, field, value):
+  try:
+    value = _converted(field, value)
+    if field.metadata['check'] and value is not None:
+      field.metadata['check'](value)
+  except ValueError as e:
+    raise flags.ValidationError(f'--{name} {e}') from None
+  return True
 
 
 def _check_resume_with_changes(names):
@@ -125,110 +162,6 @@ def _check_resume_with_changes(names):
   except training.TrainingError as e:
     raise flags.ValidationError(str(e)) from None
   return True
-
-
-def define_optimizer_flags(prefix='', optimizer=None, learning_rate=None,
-                           weight_decay=2e-4, help_owner='the student'):
-  """optimizer or learning_rate None: unset, the student architecture's own
-  (`optimizer_settings`)."""
-  unset = {'optimizer': '', 'learning_rate': ''}
-  if optimizer is None:
-    unset['optimizer'] = (' Unset: the student architecture\'s own, ' + ', '.join(
-        f'{name} at {rate:g} for {architecture}'
-        for architecture, (name, rate) in architectures.DEFAULT_TRAINING.items()) + '.')
-  if learning_rate is None:
-    unset['learning_rate'] = (
-        ' Unset: the student architecture\'s own with its optimizer (see --optimizer), '
-        'else ' + ', '.join(f'{rate:g} for {name}'
-                            for name, rate in optimization.DEFAULT_LEARNING_RATES.items())
-        + '.')
-  flags.DEFINE_enum(f'{prefix}optimizer', optimizer, optimization.OPTIMIZERS,
-                    f'Optimizer of {help_owner}.{unset["optimizer"]}')
-  flags.DEFINE_float(f'{prefix}learning_rate', learning_rate,
-                     f'Learning rate of {help_owner} (before any schedule).'
-                     f'{unset["learning_rate"]}')
-  register_positive(f'{prefix}learning_rate')
-  flags.DEFINE_list(f'{prefix}lr_boundaries', [], f'Steps where the learning rate of '
-                    f'{help_owner} changes, e.g. 40000,60000.')
-  flags.DEFINE_list(f'{prefix}lr_values', [], 'The piecewise rates, one more than the '
-                    'boundaries, e.g. 0.1,0.01,0.001.')
-  flags.register_validator(f'{prefix}lr_values', _check_rates)
-  flags.DEFINE_float(f'{prefix}momentum', 0.9, f'Momentum of {help_owner} (momentum only).')
-  flags.DEFINE_float(f'{prefix}weight_decay', weight_decay,
-                     f'L2 weight decay of {help_owner}\'s kernels.', lower_bound=0.0)
-
-
-def _check_rates(values):
-  try:
-    rates = [float(v) for v in values]
-  except ValueError:
-    raise flags.ValidationError(f'learning rates must be numbers, got {",".join(values)}'
-                                ) from None
-  if any(not rate > 0 for rate in rates):
-    raise flags.ValidationError('learning rates must be positive')
-  return True
-
-
-def define_student_flags(architecture='madry_resnet'):
-  flags.DEFINE_enum('student_architecture', architecture, architectures.ARCHITECTURES,
-                    'The student\'s architecture (any, whatever the teacher\'s).')
-  flags.DEFINE_string('student_activation', None, 'Activation: the architecture\'s own when '
-                      'unset; e.g. gelu, elu or softplus for useful second derivatives.')
-  flags.DEFINE_list('student_filters', [], 'madry_resnet: 4 widths (16,160,320,640 is WRN '
-                    '32-10); simple_cnn: layer widths. Unset: small defaults.')
-  flags.DEFINE_integer('student_units_per_stage', 5, 'madry_resnet: residual units per stage.')
-  flags.DEFINE_enum('student_input_normalization', None, list(madry_models.INPUT_NORMALIZATIONS),
-                    'madry_resnet: standardize (Madry\'s per_image_standardization, when '
-                    'unset) or mean_l2 (the IGAM authors\' student: subtract the image\'s '
-                    'mean, scale to unit L2 norm).')
-
-
-def define_teacher_bn_flag():
-  flags.DEFINE_enum('teacher_bn', 'moving', teacher.TEACHER_BN, 'BN of the frozen teacher '
-                    'while it is finetuned or teaches: moving (inference mode) or batch (the '
-                    'batch\'s statistics, as the IGAM authors\' code).')
-
-
-def data_settings(f):
-  return experiments.DataSettings(
-      dataset=f.dataset, data_dir=f.data_dir, classes=tuple(int(c) for c in f.classes),
-      image_size=f.image_size, augment=f.augment, pixel_noise=f.pixel_noise,
-      batch_size=f.batch_size, validation_split=f.validation_split, seed=f.seed)
-
-
-def run_settings(f):
-  check_writable('model_dir', f.model_dir)
-  return experiments.RunSettings(model_dir=f.model_dir, train_steps=f.train_steps,
-                                 checkpoint_every=f.checkpoint_every, strategy=f.strategy,
-                                 cpu_replicas=f.cpu_replicas, summary_every=f.summary_every,
-                                 resume_with_changes=tuple(f.resume_with_changes))
-
-
-def optimizer_settings(f, prefix='', architecture=None):
-  """An unset optimizer is `architecture`'s own (architectures.DEFAULT_TRAINING); an
-  unset learning rate is the architecture's own with that optimizer, else the
-  optimizer's (optimization.DEFAULT_LEARNING_RATES)."""
-  value = lambda name: getattr(f, prefix + name)
-  own_optimizer, own_rate = architectures.DEFAULT_TRAINING.get(architecture, (None, None))
-  optimizer = value('optimizer') or own_optimizer
-  learning_rate = value('learning_rate')
-  if learning_rate is None:
-    learning_rate = (own_rate if optimizer == own_optimizer
-                     else optimization.DEFAULT_LEARNING_RATES[optimizer])
-  return experiments.OptimizerSettings(
-      optimizer=optimizer, learning_rate=learning_rate,
-      lr_boundaries=tuple(int(b) for b in value('lr_boundaries')),
-      lr_values=tuple(float(v) for v in value('lr_values')),
-      momentum=value('momentum'), weight_decay=value('weight_decay'))
-
-
-def student_spec(f):
-  """Classes and image shape are filled in from the dataset by the training job."""
-  return model_io.classifier_spec(
-      f.student_architecture, activation=f.student_activation,
-      filters=tuple(int(v) for v in f.student_filters) or None,
-      units_per_stage=f.student_units_per_stage,
-      input_normalization=f.student_input_normalization)
 
 
 def check_writable(flag, value, folder=None):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from igam_tf import distribution
 from igam_tf import experiments
 from igam_tf import model_io
+from igam_tf import settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,46 +31,48 @@ _JOBS_SCRIPT = textwrap.dedent('''
     import json, sys, tempfile, time
     sys.path.insert(0, sys.argv[1])
     import numpy as np
-    from igam_tf import distribution, experiments, model_io
+    from igam_tf import distribution, experiments, settings
     distribution.configure_cpu_replicas(2)
 
     root = tempfile.mkdtemp()
-    data = experiments.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
-                                    validation_split='', seed=3)
-    sgd = experiments.OptimizerSettings('momentum', 0.05, weight_decay=1e-3)
+    data = settings.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
+                                 validation_split='', seed=3)
+    sgd = settings.OptimizerSettings('momentum', 0.05, weight_decay=1e-3)
     # BN everywhere (synchronized across replicas), smooth for double backpropagation.
-    resnet = model_io.classifier_spec('madry_resnet', activation='softplus',
+    resnet = settings.StudentSettings('madry_resnet', activation='softplus',
                                       filters=(4, 4, 8, 8), units_per_stage=1)
-    cnn = model_io.classifier_spec('simple_cnn', filters=(4, 8))
-    base = experiments.BaselineSettings
+    cnn = settings.StudentSettings('simple_cnn', filters=(4, 8))
+    base = settings.BaselineSettings
 
-    def igam(update):
-      return experiments.IGAMSettings(adv_weight=1.0, diff_weight=1e3, disc_every=2,
-                                      disc_update=update, disc_blocks=2, disc_filters=4,
-                                      disc_optimizer=sgd)
+    def baseline(method, student, run, **options):
+      return experiments.train_baseline(settings.BaselineJob(
+          method, base(**options), student=student, optimizer=sgd, data=data, run=run))
 
-    def source(run):  # a finished source model for the teacher (one device, 2 steps)
-      return experiments.train_baseline('standard', cnn, data, sgd, base(), run)
+    def finetune(source, run):
+      return experiments.finetune_teacher(settings.FinetuneJob(source, data=data, run=run))
+
+    def igam(update, run):
+      return experiments.train_igam(settings.IGAMJob(
+          f'{root}/teacher', igam=settings.IGAMSettings(
+              adv_weight=1.0, diff_weight=1e3, disc_every=2, disc_update=update,
+              disc_blocks=2, disc_filters=4, disc_optimizer=sgd),
+          student=cnn, optimizer=sgd, data=data, run=run))
 
     jobs = {
-        'standard': lambda r: experiments.train_baseline('standard', cnn, data, sgd,
-                                                         base(), r),
-        'pgd_at': lambda r: experiments.train_baseline(
-            'pgd_at', cnn, data, sgd, base(epsilon=0.1, pgd_steps=2, pgd_step_size=0.05), r),
-        'grad_norm': lambda r: experiments.train_baseline(
-            'grad_norm', resnet, data, sgd, base(penalty_weight=1e3), r),
-        'finetune': lambda r: experiments.finetune_teacher(f'{root}/source', '', data, r),
-        'igam_accumulate': lambda r: experiments.train_igam(
-            cnn, f'{root}/teacher', data, sgd, igam('accumulate'), r),
-        'igam_current_batch': lambda r: experiments.train_igam(
-            cnn, f'{root}/teacher', data, sgd, igam('current_batch'), r),
+        'standard': lambda r: baseline('standard', cnn, r),
+        'pgd_at': lambda r: baseline('pgd_at', cnn, r, epsilon=0.1, pgd_steps=2,
+                                     pgd_step_size=0.05),
+        'grad_norm': lambda r: baseline('grad_norm', resnet, r, penalty_weight=1e3),
+        'finetune': lambda r: finetune(f'{root}/source', r),
+        'igam_accumulate': lambda r: igam('accumulate', r),
+        'igam_current_batch': lambda r: igam('current_batch', r),
     }
+    quick = lambda name: settings.RunSettings(f'{root}/{name}', 2, 2, verbose=0)
     names = sys.argv[2:]
     if any(name.startswith('igam') or name == 'finetune' for name in names):
-      source(experiments.RunSettings(f'{root}/source', 2, 2, verbose=0))
+      baseline('standard', cnn, quick('source'))  # a source for the teacher, one device
     if any(name.startswith('igam') for name in names):
-      experiments.finetune_teacher(f'{root}/source', '', data,
-                                   experiments.RunSettings(f'{root}/teacher', 2, 2, verbose=0))
+      finetune(f'{root}/source', quick('teacher'))
     report = {}
     for name in names:
       weights, seconds = [], []
@@ -77,8 +80,9 @@ _JOBS_SCRIPT = textwrap.dedent('''
         began = time.time()
         # 4 steps: IGAM's discriminator steps twice (disc_every=2), and the student
         # trains on against the discriminator it left.
-        model = jobs[name](experiments.RunSettings(
-            f'{root}/{name}_{strategy}', 4, 4, strategy=strategy, cpu_replicas=2, verbose=0))
+        model = jobs[name](settings.RunSettings(
+            f'{root}/{name}_{strategy}', 4, 4, verbose=0,
+            devices=settings.DeviceSettings(strategy, cpu_replicas=2)))
         weights.append({w.path: w.numpy() for w in model.weights})
         seconds.append(round(time.time() - began, 1))
       one, two = weights
@@ -130,10 +134,9 @@ class DistributionTest(tf.test.TestCase):
   def test_training_stream_restarts_the_same(self):
     # Keras iterates a distributed dataset once before training: every iterator over the
     # training stream must give the order the first one gives.
-    settings = experiments.DataSettings('digits', classes=(0, 1), batch_size=8,
-                                        augment='madry', pixel_noise=0.1,
-                                        validation_split='', seed=1)
-    _, stream, _ = experiments.load_training_data(settings)
+    data = settings.DataSettings('digits', classes=(0, 1), batch_size=8, augment='madry',
+                                 pixel_noise=0.1, validation_split='', seed=1)
+    _, stream, _ = experiments.load_training_data(data)
     first = [labels.numpy() for _, labels in stream.take(30)]
     again = [labels.numpy() for _, labels in stream.take(30)]
     self.assertAllEqual(first, again)
@@ -145,14 +148,14 @@ class BinariesTest(tf.test.TestCase):
   def test_train_igam_mirrored_with_disc_every_5(self):
     # The paper's flagfiles set --disc_every=5; the teacher is made here on one device.
     root = tempfile.mkdtemp()
-    data = experiments.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
-                                    validation_split='')
-    sgd = experiments.OptimizerSettings('momentum', 0.05)
-    experiments.train_baseline('standard', model_io.classifier_spec('simple_cnn', filters=(4, 8)),
-                               data, sgd, experiments.BaselineSettings(),
-                               experiments.RunSettings(f'{root}/source', 2, 2, verbose=0))
-    experiments.finetune_teacher(f'{root}/source', '', data,
-                                 experiments.RunSettings(f'{root}/teacher', 2, 2, verbose=0))
+    data = settings.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
+                                 validation_split='')
+    experiments.train_baseline(settings.BaselineJob(
+        'standard', student=settings.StudentSettings('simple_cnn', filters=(4, 8)),
+        optimizer=settings.OptimizerSettings('momentum', 0.05), data=data,
+        run=settings.RunSettings(f'{root}/source', 2, 2, verbose=0)))
+    experiments.finetune_teacher(settings.FinetuneJob(
+        f'{root}/source', data=data, run=settings.RunSettings(f'{root}/teacher', 2, 2, verbose=0)))
     completed = subprocess.run(
         [sys.executable, '-m', 'igam_tf.train_igam', f'--teacher={root}/teacher',
          '--dataset=digits', '--classes=0,1,2', '--student_architecture=simple_cnn',

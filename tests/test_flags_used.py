@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from igam_tf import experiments
 from igam_tf import model_io
+from igam_tf import settings
 from igam_tf import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +44,9 @@ _RUNNER = textwrap.dedent('''
       def __getitem__(self, name):
         read.add(name)
         return real[name]
+
+      def __contains__(self, name):
+        return name in real
 
     for argv in job['contexts']:
       real.unparse_flags()
@@ -119,56 +123,58 @@ class SettingsAreUsedTest(tf.test.TestCase):
     patches = [mock.patch.object(training, 'train'),
                mock.patch.object(training, 'check_run_config'),
                # It records every field by design; what counts is what the job uses.
-               mock.patch.object(experiments, '_config', return_value={})]
+               mock.patch.object(settings, 'recorded', return_value={})]
     for patch in patches:
       patch.start()
       self.addCleanup(patch.stop)
     self.reads = set()
 
-  def settings(self, name, value):
+  def watch(self, name, value):
     self.all_fields = getattr(self, 'all_fields', set()) | set(leaf_fields(value, name + '.'))
     return watched(value, self.reads, name + '.')
 
+  def common(self, name):
+    """The student, optimizer, data and run settings of a job, watched."""
+    return dict(
+        student=self.watch('student', settings.StudentSettings('simple_cnn', filters=(4, 8))),
+        # Set, so the job has nothing to fill in from the architecture (which would copy it).
+        optimizer=self.watch('optimizer', settings.OptimizerSettings('momentum', 0.1)),
+        data=self.data(), run=self.run_settings(name))
+
   def data(self):
-    return self.settings('data', experiments.DataSettings('digits', classes=(0, 1, 2),
-                                                          batch_size=8))
+    return self.watch('data', settings.DataSettings('digits', classes=(0, 1, 2),
+                                                       batch_size=8))
 
   def run_settings(self, name):
-    return self.settings('run', experiments.RunSettings(f'{self.root}/{name}', 2, 2))
+    return self.watch('run', settings.RunSettings(f'{self.root}/{name}', 2, 2))
 
   def assert_all_used(self, allowed_unused=()):
     unused = self.all_fields - self.reads - {f'baseline.{f}' for f in allowed_unused}
     self.assertEmpty(unused, f'settings built from flags but never used: {sorted(unused)}')
 
-  def student(self):
-    return model_io.classifier_spec('simple_cnn', filters=(4, 8))
-
   def test_finetune_teacher_and_igam_use_every_setting(self):
     source = f'{self.root}/source'
-    model_io.save_model(source, model_io.build_model(
-        model_io.classifier_spec('simple_cnn', 3, (8, 8, 1), filters=(4, 8))),
-        model_io.classifier_spec('simple_cnn', 3, (8, 8, 1), filters=(4, 8)))
-    experiments.finetune_teacher(source, 'resize:8', self.data(), self.run_settings('teacher'))
+    spec = model_io.classifier_spec('simple_cnn', 3, (8, 8, 1), filters=(4, 8))
+    model_io.save_model(source, model_io.build_model(spec), spec)
+    experiments.finetune_teacher(settings.FinetuneJob(
+        source, 'resize:8', data=self.data(), run=self.run_settings('teacher')))
     self.assert_all_used()
-    experiments.train_igam(
-        self.student(), f'{self.root}/teacher', self.data(),
-        self.settings('optimizer', experiments.OptimizerSettings()),
-        self.settings('igam', experiments.IGAMSettings()), self.run_settings('igam'))
+    experiments.train_igam(settings.IGAMJob(
+        f'{self.root}/teacher', igam=self.watch('igam', settings.IGAMSettings()),
+        **self.common('igam')))
     self.assert_all_used()
 
   def test_each_baseline_uses_its_settings(self):
     method_fields = {'pgd_at': {'epsilon', 'pgd_steps', 'pgd_step_size', 'pgd_bn'},
                      'grad_norm': {'penalty_weight', 'gradient_of', 'penalty_start_step'}}
     every = set().union(*method_fields.values())
-    self.assertEqual(every, {f.name for f in dataclasses.fields(experiments.BaselineSettings)})
+    self.assertEqual(every, {f.name for f in dataclasses.fields(settings.BaselineSettings)})
     for method in ('standard', 'pgd_at', 'grad_norm'):
       self.reads.clear()
       self.all_fields = set()
-      experiments.train_baseline(
-          method, self.student(), self.data(),
-          self.settings('optimizer', experiments.OptimizerSettings()),
-          self.settings('baseline', experiments.BaselineSettings()),
-          self.run_settings(method))
+      experiments.train_baseline(settings.BaselineJob(
+          method, self.watch('baseline', settings.BaselineSettings()),
+          **self.common(method)))
       self.assert_all_used(allowed_unused=every - method_fields.get(method, set()))
 
 

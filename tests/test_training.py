@@ -15,6 +15,7 @@ import tensorflow as tf
 from igam_tf import experiments
 from igam_tf import model_io
 from igam_tf import model_sources
+from igam_tf import settings
 from igam_tf import training
 from igam_tf.architectures import build_classifier
 from igam_tf.baselines import StandardTraining
@@ -319,28 +320,27 @@ class JobTest(tf.test.TestCase):
 
   def test_igam_job_on_digits_saves_a_student_that_loads(self):
     root = tempfile.mkdtemp()
-    source = experiments.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
-                                      image_size=12)
-    target = experiments.DataSettings('digits', classes=(3, 4, 5), batch_size=16,
-                                      image_size=12)
-    small = model_io.classifier_spec('simple_cnn', filters=(8, 8))
-    quick = lambda name: experiments.RunSettings(os.path.join(root, name), 2, 2, verbose=0)
-    adam = experiments.OptimizerSettings('adam', 1e-3, weight_decay=0.0)
-    experiments.train_baseline('standard', small, source, adam, experiments.BaselineSettings(),
-                               quick('source'))
-    experiments.finetune_teacher(os.path.join(root, 'source'), '', target, quick('teacher'))
-    student = experiments.train_igam(
-        model_io.classifier_spec('madry_resnet', filters=(4, 4, 8, 8), units_per_stage=1,
-                                 activation='gelu'),
-        os.path.join(root, 'teacher'), target, adam, experiments.IGAMSettings(disc_blocks=2),
-        quick('igam'))
+    source = settings.DataSettings('digits', classes=(0, 1, 2), batch_size=16, image_size=12)
+    target = settings.DataSettings('digits', classes=(3, 4, 5), batch_size=16, image_size=12)
+    small = settings.StudentSettings('simple_cnn', filters=(8, 8))
+    quick = lambda name: settings.RunSettings(os.path.join(root, name), 2, 2, verbose=0)
+    adam = settings.OptimizerSettings('adam', 1e-3, weight_decay=0.0)
+    experiments.train_baseline(settings.BaselineJob('standard', student=small, optimizer=adam,
+                                                    data=source, run=quick('source')))
+    experiments.finetune_teacher(settings.FinetuneJob(os.path.join(root, 'source'),
+                                                      data=target, run=quick('teacher')))
+    student = experiments.train_igam(settings.IGAMJob(
+        os.path.join(root, 'teacher'), igam=settings.IGAMSettings(disc_blocks=2),
+        student=settings.StudentSettings('madry_resnet', filters=(4, 4, 8, 8),
+                                         units_per_stage=1, activation='gelu'),
+        optimizer=adam, data=target, run=quick('igam')))
     loaded, spec = model_io.load_model(os.path.join(root, 'igam'))
     self.assertEqual(spec['num_classes'], 3)
     images = tf.random.uniform((2, 12, 12, 1))
     self.assertAllClose(student(images), loaded(images))
     with self.assertRaisesRegex(model_io.ModelError, 'not a finetuned teacher'):
-      experiments.train_igam(small, os.path.join(root, 'source'), target, adam,
-                             experiments.IGAMSettings(), quick('igam2'))
+      experiments.train_igam(settings.IGAMJob(os.path.join(root, 'source'), student=small,
+                                              optimizer=adam, data=target, run=quick('igam2')))
 
 
   def test_igam_from_a_checkpoint_with_the_authors_finetuned_head(self):
@@ -350,14 +350,13 @@ class JobTest(tf.test.TestCase):
     teacher, spec = model_sources.load_teacher(f'madry_mnist:{prefix}', (28, 28, 1))
     self.assertEqual(spec['num_classes'], 3)
     self.assertLessEqual(tf1_reference.relative_error(teacher(images), head_logits), 1e-4)
-    target = experiments.DataSettings('digits', classes=(3, 4, 5), batch_size=8,
-                                      validation_split='')
-    experiments.train_igam(
-        model_io.classifier_spec('simple_cnn', filters=(8, 8), activation='gelu'),
-        f'madry_mnist:{prefix}', target,
-        experiments.OptimizerSettings('adam', 1e-3, weight_decay=0.0),
-        experiments.IGAMSettings(disc_blocks=2),
-        experiments.RunSettings(os.path.join(root, 'igam'), 2, 2, verbose=0))
+    experiments.train_igam(settings.IGAMJob(
+        f'madry_mnist:{prefix}', igam=settings.IGAMSettings(disc_blocks=2),
+        student=settings.StudentSettings('simple_cnn', filters=(8, 8), activation='gelu'),
+        optimizer=settings.OptimizerSettings('adam', 1e-3, weight_decay=0.0),
+        data=settings.DataSettings('digits', classes=(3, 4, 5), batch_size=8,
+                                   validation_split=''),
+        run=settings.RunSettings(os.path.join(root, 'igam'), 2, 2, verbose=0)))
     self.assertTrue(experiments.trained_model_exists(os.path.join(root, 'igam')))
     with self.assertRaisesRegex(model_io.ModelError, 'holds its own input transform'):
       model_sources.load_teacher(os.path.join(root, 'igam'), (28, 28, 1), 'channel_average')
