@@ -9,6 +9,7 @@ training starts; checkpoints, resume, summaries, NaN stop) and saves the trained
 model with `model_io.save_model` for export and evaluation.
 """
 
+import json
 import os
 
 from absl import logging
@@ -134,7 +135,7 @@ def train_igam(job):
       logging.warning('The teacher was finetuned with its BN in %r mode, IGAM runs it in %r '
                       '(--teacher_bn)', teacher_spec.get('batch_norm', 'moving'), igam.teacher_bn)
     teacher.batch_norm = igam.teacher_bn
-    student = model_io.build_model(student_spec)
+    student = _build_student(student_spec, job.init_from)
     model = IGAM(student, teacher, build_discriminator(igam.disc_blocks, igam.disc_filters),
                  gradient_window=teacher.transform.gradient_window(train_split.image_shape),
                  gradient_of=igam.gradient_of, adv_weight=igam.adv_weight,
@@ -161,7 +162,7 @@ def train_baseline(job):
   train_split, stream, validation = load_training_data(job.data)
   student_spec = job.student.spec(train_split.num_classes, train_split.image_shape)
   with strategy.scope():
-    classifier = model_io.build_model(student_spec)
+    classifier = _build_student(student_spec, job.init_from)
     common = dict(weight_decay=job.optimizer.weight_decay)
     if method == 'standard':
       model = baselines.StandardTraining(classifier, **common)
@@ -179,6 +180,27 @@ def train_baseline(job):
   _train(model, stream, validation, job, {method: classifier})
   model_io.save_model(job.run.model_dir, classifier, student_spec)
   return classifier
+
+
+def _build_student(spec, init_from):
+  """A student of `spec`: fresh weights, or those of the trained student in the folder
+  `init_from` (a shared warm-up), which must be of the same spec. On resume the run's
+  own checkpoint replaces them."""
+  student = model_io.build_model(spec)
+  if init_from:
+    try:
+      trained, trained_spec = model_io.load_model(init_from)
+    except model_io.ModelError as e:
+      raise model_io.ModelError(f'--init_from: {e}') from None
+    spec = json.loads(json.dumps(spec))  # as a spec comes back from disk
+    differences = [f'{key} {trained_spec.get(key)!r} there, {spec.get(key)!r} here'
+                   for key in sorted(set(spec) | set(trained_spec))
+                   if trained_spec.get(key) != spec.get(key)]
+    if differences:
+      raise model_io.ModelError(f'--init_from={init_from} holds another model than this '
+                                f'run\'s student: {"; ".join(differences)}')
+    student.set_weights(trained.get_weights())
+  return student
 
 
 def _check_same_task(spec, train_split, role):

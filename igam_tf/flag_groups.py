@@ -36,12 +36,6 @@ def register_attack_names(name='attacks'):
   flags.register_validator(name, check)
 
 
-def register_positive(name):
-  """Refuses a value of flag `name` that is not above 0 (None passes: unset)."""
-  flags.register_validator(name, lambda value: value is None or value > 0,
-                           message=f'--{name} must be positive')
-
-
 def define_job_flags(job_class):
   """Defines a flag for each option of `job_class` and its groups (see igam_tf.settings),
   with its help, default, choices, bounds and checks; an option whose flag this binary

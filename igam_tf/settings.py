@@ -234,6 +234,14 @@ class BaselineSettings:
                                    'schedule).', lower_bound=0)
 
 
+def _init_from():
+  return option('', 'A trained student\'s folder (a finished run of train_baseline or '
+                'train_igam, e.g. a cross-entropy run to the step where IGAM starts): the '
+                'student starts from its weights instead of random ones (same architecture '
+                'and task); this run counts its steps from 0. See the README, "Sharing a '
+                'warm-up".')
+
+
 @dataclasses.dataclass
 class FinetuneJob:
   """Section 4.1 (igam_tf.finetune_teacher): a new head on a frozen source model."""
@@ -266,6 +274,7 @@ class IGAMJob:
                                   'own).')
   igam: IGAMSettings = group(IGAMSettings)
   student: StudentSettings = group(StudentSettings, 'student_')
+  init_from: str = _init_from()
   optimizer: OptimizerSettings = group(OptimizerSettings)
   data: DataSettings = group(DataSettings)
   run: RunSettings = group(RunSettings)
@@ -280,6 +289,7 @@ class BaselineJob:
   method: str = option(None, 'The baseline.', choices=METHODS)
   baseline: BaselineSettings = group(BaselineSettings)
   student: StudentSettings = group(StudentSettings, 'student_')
+  init_from: str = _init_from()
   optimizer: OptimizerSettings = group(OptimizerSettings)
   data: DataSettings = group(DataSettings)
   run: RunSettings = group(RunSettings)

@@ -1,7 +1,7 @@
 """Trains a baseline: standard, PGD adversarial training, logit-only finetuning, or the
 input-gradient norm penalty (IGAM's L_diff with a zero teacher).
 
-  python -m igam_tf.train_baseline --method=pgd_at --flagfile=flags/table1_pgd7_cifar10.cfg
+  python -m igam_tf.train_baseline --method=pgd_at --flagfile=flags/table1/pgd7_cifar10.cfg
 
 --method=finetune is igam_tf.finetune_teacher (its --source and --transform).
 """

@@ -1,6 +1,6 @@
 """Trains a student with IGAM (Section 4.2, Algorithm 1's second loop).
 
-  python -m igam_tf.train_igam --flagfile=flags/table1_igam_mnist_cifar10.cfg
+  python -m igam_tf.train_igam --flagfile=flags/table1/igam_mnist_cifar10.cfg
 
 The teacher is a folder written by igam_tf.finetune_teacher. The student's loss is
 xent + weight_decay * L2 - adv_weight * disc_xent + diff_weight * L_diff; the

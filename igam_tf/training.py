@@ -43,7 +43,7 @@ MODEL_OR_DATA_SETTINGS = frozenset([
     'student_input_normalization', 'student_num_classes', 'student_image_shape', 'dataset',
     'data_dir', 'classes', 'image_size', 'augment', 'pixel_noise', 'batch_size',
     'validation_split', 'seed', 'source', 'source_num_classes', 'transform', 'teacher',
-    'teacher_transform', 'teacher_bn', 'disc_blocks', 'disc_filters'])
+    'teacher_transform', 'teacher_bn', 'disc_blocks', 'disc_filters', 'init_from'])
 # Where nested settings of a recorded run come from: {settings name: flag prefix}.
 _FLAG_PREFIXES = {'data': '', 'optimizer': '', 'baseline': '', 'igam': '',
                   'disc_optimizer': 'disc_', 'student': 'student_'}

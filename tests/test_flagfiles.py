@@ -26,6 +26,14 @@ BINARY_ORDER = ('train_baseline', 'finetune_teacher', 'train_igam', 'demo')
 # Run by a test of its own binary (with the same shrink flags), not again here.
 RUN_ELSEWHERE = {'demo.cfg': 'tests/test_demo.py'}
 
+# The settings of a student's cross-entropy steps: a row that starts from a warm-up run
+# (--init_from) must share them with it.
+CROSS_ENTROPY_SETTINGS = (
+    'dataset', 'classes', 'image_size', 'augment', 'pixel_noise', 'batch_size', 'seed',
+    'student_architecture', 'student_activation', 'student_filters', 'student_units_per_stage',
+    'student_input_normalization', 'optimizer', 'learning_rate', 'lr_boundaries', 'lr_values',
+    'momentum', 'weight_decay')
+
 # Processes that share each binary's runs: a run is mostly graph tracing, one core's work,
 # so two processes use CI's two cores.
 WORKERS = 2
@@ -68,15 +76,18 @@ def read_flagfile(name):
         assert match.group(2) == name, f'{name} names another flagfile in its Run line'
       match = re.match(r'--([\w]+)=(.*)$', line.strip())
       if match and match.group(1) == 'flagfile':
-        values.update(read_flagfile(os.path.basename(match.group(2)))[0])
+        values.update(read_flagfile(os.path.relpath(match.group(2), 'flags'))[0])
       elif match:
         values[match.group(1)] = match.group(2)
   return values, binary
 
 
 def runnable_flagfiles():
-  return sorted(n for n in os.listdir(FLAGS_DIR) if n.endswith('.cfg') and
-                not n.startswith('common_'))
+  """Paths under flags/ (e.g. table1/igam_mnist_cifar10.cfg), less flags/common/ (read by
+  the others)."""
+  return sorted(os.path.relpath(os.path.join(folder, n), FLAGS_DIR)
+                for folder, _, files in os.walk(FLAGS_DIR) for n in files
+                if n.endswith('.cfg') and os.path.basename(folder) != 'common')
 
 
 def _value_kind(value):
@@ -194,14 +205,46 @@ class FlagfileTest(tf.test.TestCase):
   def test_flagfiles_alike_are_parsed_not_run_again(self):
     run, parse_only = flagfiles_to_run(runnable_flagfiles())
     # A zero weight turns a term off: it runs; 2.5 and 5 run as L_diff's weight 10 does.
-    self.assertIn('table4_diff_0.cfg', run)
-    self.assertContainsSubset(['table4_diff_2p5.cfg', 'table4_diff_5.cfg'], parse_only)
+    self.assertIn('table4/diff_0.cfg', run)
+    self.assertContainsSubset(['table4/diff_2p5.cfg', 'table4/diff_5.cfg'], parse_only)
     # The MNIST and CIFAR-10 teachers are other models: both IGAM rows run, with their
     # teachers; the natural teachers are those models with other weights.
-    self.assertContainsSubset(['table3_igam_mnist_cifar100.cfg', 'table3_igam_cifar10_cifar100.cfg',
-                               'table3_teacher_mnist_cifar100.cfg',
-                               'table3_teacher_cifar10_cifar100.cfg'], run)
-    self.assertIn('table3_igam_mnist_natural_cifar100.cfg', parse_only)
+    self.assertContainsSubset(['table3/igam_mnist_cifar100.cfg', 'table3/igam_cifar10_cifar100.cfg',
+                               'table3/teacher_mnist_cifar100.cfg',
+                               'table3/teacher_cifar10_cifar100.cfg'], run)
+    self.assertIn('table3/igam_mnist_natural_cifar100.cfg', parse_only)
+
+  def test_rows_that_start_with_cross_entropy_can_share_a_warm_up(self):
+    # Every IGAM row and gradient-norm control that trains with cross-entropy alone before
+    # its terms start has a warm-up flagfile with the same settings for those steps, and
+    # parses with its warm-up's --init_from and common/*_after_warm_up.cfg.
+    names = runnable_flagfiles()
+    warm_ups = {name: read_flagfile(name)[0] for name in names
+                if os.path.basename(name).startswith('warm_up')}
+    self.assertNotEmpty(warm_ups)
+    runs = {'train_igam': [], 'train_baseline': []}
+    for name in names:
+      values, binary = read_flagfile(name)
+      start = values.get('igam_start_step') or values.get('penalty_start_step')
+      if not start or int(start) == 0:
+        continue
+      same = [warm_up for warm_up, warm in warm_ups.items()
+              if int(warm['train_steps']) == int(start)
+              and all(warm.get(k) == values.get(k) for k in CROSS_ENTROPY_SETTINGS)]
+      self.assertNotEmpty(same, f'{name}: no warm-up flagfile trains its first {start} steps')
+      after = 'igam' if binary == 'train_igam' else 'grad_norm'
+      runs[binary].append([f'--flagfile=flags/{name}',
+                           f'--flagfile=flags/common/{after}_after_warm_up.cfg',
+                           f'--init_from={warm_ups[same[0]]["model_dir"]}'])
+    self.assertNotEmpty(runs['train_igam'])
+    self.assertNotEmpty(runs['train_baseline'])
+    for binary, argvs in runs.items():
+      result = subprocess.run(
+          [sys.executable, '-c', _RUNNER,
+           json.dumps({'binary': binary, 'runs': [(argv, True) for argv in argvs]})],
+          cwd=REPO, capture_output=True, text=True, timeout=300)
+      self.assertEqual(result.returncode, 0, f'{binary}:\n{result.stderr[-4000:]}')
+      self.assertEqual(result.stdout.count('EXIT parsed'), len(argvs), result.stderr[-4000:])
 
   def test_every_flagfile_starts_its_run(self):
     jobs = {binary: [] for binary in BINARY_ORDER}

@@ -44,6 +44,14 @@ NOT_RUN = {
         'set-up: .ci/run installs requirements.txt before the tests',
     'python -m pytest -q':
         'the test suite itself, this test included',
+    'python -m igam_tf.train_baseline --flagfile=flags/table3/warm_up_cifar100.cfg':
+        'a full-size table run (GPUs, CIFAR-100); test_flagfiles runs or parses each flagfile',
+    'python -m igam_tf.train_igam --flagfile=flags/table3/igam_cifar10_cifar100.cfg '
+    '--flagfile=flags/common/igam_after_warm_up.cfg --init_from=runs/table3/warm_up':
+        'a full-size table run; test_flagfiles parses each row with its warm-up\'s flags',
+    'python -m igam_tf.train_baseline --flagfile=flags/table3/grad_norm_cifar100.cfg '
+    '--flagfile=flags/common/grad_norm_after_warm_up.cfg --init_from=runs/table3/warm_up':
+        'a full-size table run; test_flagfiles parses each control with its warm-up\'s flags',
 }
 
 # The datasets that need TFDS (igam_tf/data.py's TFDS_DATASETS; not imported, so that

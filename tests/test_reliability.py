@@ -312,6 +312,26 @@ class ReliabilityTest(tf.test.TestCase):
                                    ('center_pad:4', 'center_pad:4 is smaller than'),
                                    ('blur:3', 'Unknown teacher transform'))], model_dir)
 
+  def test_init_from_starts_the_student_from_a_trained_one(self):
+    # SGD at 1e-30 leaves the weights where they start: at the trained run's.
+    model_dir = os.path.join(tempfile.mkdtemp(dir=self.root), 'run')
+    result = run_binary('train_baseline', *TINY, '--train_steps=4', '--seed=5',
+                        '--optimizer=sgd', '--learning_rate=1e-30', f'--init_from={self.trained}',
+                        f'--model_dir={model_dir}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    started, _ = model_io.load_model(model_dir)
+    trained, _ = model_io.load_model(self.trained)
+    for got, want in zip(started.get_weights(), trained.get_weights()):
+      self.assertAllClose(got, want, atol=1e-6)
+    with open(os.path.join(model_dir, 'run_config.json')) as f:
+      self.assertEqual(json.load(f)['init_from'], self.trained)
+    # Another student, or a folder with no trained student: refused, naming the flag.
+    self.assert_all_refused('train_baseline', [
+        (TINY + ('--student_filters=4,16', f'--init_from={self.trained}'),
+         f'--init_from={self.trained} holds another model', 'filters [4, 8] there, [4, 16] here'),
+        (TINY + (f'--init_from={self.root}',), '--init_from:', 'not a trained model folder')],
+        tempfile.mkdtemp(dir=self.root))
+
   def test_the_default_optimizer_trains_simple_cnn(self):
     # Only the step flags: the architecture's own optimizer and learning rate.
     model_dir = os.path.join(tempfile.mkdtemp(dir=self.root), 'run')

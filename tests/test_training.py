@@ -1,5 +1,6 @@
 """The shared training loop: resume, NaN stop, run settings, TensorBoard, binary errors."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -329,15 +330,23 @@ class JobTest(tf.test.TestCase):
                                                     data=source, run=quick('source')))
     experiments.finetune_teacher(settings.FinetuneJob(os.path.join(root, 'source'),
                                                       data=target, run=quick('teacher')))
-    student = experiments.train_igam(settings.IGAMJob(
+    job = settings.IGAMJob(
         os.path.join(root, 'teacher'), igam=settings.IGAMSettings(disc_blocks=2),
         student=settings.StudentSettings('madry_resnet', filters=(4, 4, 8, 8),
                                          units_per_stage=1, activation='gelu'),
-        optimizer=adam, data=target, run=quick('igam')))
+        optimizer=adam, data=target, run=quick('igam'))
+    student = experiments.train_igam(job)
     loaded, spec = model_io.load_model(os.path.join(root, 'igam'))
     self.assertEqual(spec['num_classes'], 3)
     images = tf.random.uniform((2, 12, 12, 1))
     self.assertAllClose(student(images), loaded(images))
+    # Another IGAM run that starts from this student (--init_from), SGD at 1e-30: its
+    # trainable weights end where they started (BN's moving statistics move on).
+    again = experiments.train_igam(dataclasses.replace(
+        job, init_from=os.path.join(root, 'igam'), run=quick('igam_again'),
+        optimizer=settings.OptimizerSettings('sgd', 1e-30, weight_decay=0.0)))
+    for got, want in zip(again.trainable_weights, student.trainable_weights):
+      self.assertAllClose(got, want, atol=1e-6)
     with self.assertRaisesRegex(model_io.ModelError, 'not a finetuned teacher'):
       experiments.train_igam(settings.IGAMJob(os.path.join(root, 'source'), student=small,
                                               optimizer=adam, data=target, run=quick('igam2')))
