@@ -28,7 +28,7 @@ def simple_cnn(num_classes, filters=(32, 64, 128), activation='relu', name='simp
                                    name=f'conv_{i}'),
                keras.layers.Activation(activation)]
   layers += [keras.layers.GlobalAveragePooling2D(),
-             keras.layers.Dense(num_classes, name='logits')]
+             keras.layers.Dense(num_classes, name='logits', dtype='float32')]
   return keras.Sequential(layers, name=name)
 
 

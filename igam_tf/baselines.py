@@ -54,8 +54,11 @@ class StandardTraining(keras.Model):
       xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
           labels, logits, from_logits=True)) / global_batch
       loss = xent + penalty + self.weight_decay * weight_decay_loss(self.classifier) / replicas
+      # Under mixed_float16 (a LossScaleOptimizer) scaled, so that float16 gradients do
+      # not underflow; apply_gradients unscales them.
+      scaled_loss = self.optimizer.scale_loss(loss)
     variables = self.classifier.trainable_variables
-    self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    self.optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
     self.loss_tracker.update_state(loss * replicas)
     self.xent_tracker.update_state(xent * replicas)
     self.accuracy.update_state(labels, logits)

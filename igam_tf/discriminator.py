@@ -20,5 +20,5 @@ def build_discriminator(num_blocks=4, base_filters=8, name='discriminator'):
                                         name=f'bn_{i}'),
         keras.layers.LeakyReLU(negative_slope=0.1),
     ]
-  layers += [keras.layers.Flatten(), keras.layers.Dense(2, name='logits')]
+  layers += [keras.layers.Flatten(), keras.layers.Dense(2, name='logits', dtype='float32')]
   return keras.Sequential(layers, name=name)

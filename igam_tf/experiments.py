@@ -9,6 +9,7 @@ training starts; checkpoints, resume, summaries, NaN stop) and saves the trained
 model with `model_io.save_model` for export and evaluation.
 """
 
+import functools
 import json
 import os
 
@@ -96,6 +97,21 @@ def _train(model, stream, validation, job, gradient_models):
                         resume_with_changes=tuple(run.resume_with_changes))
 
 
+def _in_precision(job_function):
+  """Runs a job with the Keras dtype policy its --mixed_precision names (the models built
+  under it compute in 16 bits and keep float32 weights), and float32 after."""
+  @functools.wraps(job_function)
+  def run(job):
+    precision = job.run.mixed_precision
+    keras.mixed_precision.set_global_policy('float32' if precision == 'none' else precision)
+    try:
+      return job_function(job)
+    finally:
+      keras.mixed_precision.set_global_policy('float32')
+  return run
+
+
+@_in_precision
 def finetune_teacher(job):
   """Section 4.1: a new K-way head (and the transform's weights, if any) trained with
   Adam on the target task; every source weight frozen, its BN as `job.teacher_bn` says
@@ -111,13 +127,15 @@ def finetune_teacher(job):
                       batch_norm=job.teacher_bn)
     teacher(keras.ops.zeros((1,) + tuple(train_split.image_shape)))
     model = baselines.StandardTraining(teacher)
-    model.compile(optimizer=keras.optimizers.Adam(job.learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(job.learning_rate),
+                  jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
   _train(model, stream, validation, job, {'teacher': teacher})
   model_io.save_model(job.run.model_dir, teacher, spec)
   return teacher
 
 
+@_in_precision
 def train_igam(job):
   """Section 4.2: trains a student with IGAM against a finetuned teacher: a folder
   written by `finetune_teacher`, or a MadryLab-layout checkpoint with a finetuned head
@@ -143,13 +161,15 @@ def train_igam(job):
                  disc_update=igam.disc_update, diff_window=igam.diff_window,
                  igam_start_step=igam.igam_start_step, weight_decay=job.optimizer.weight_decay,
                  disc_weight_decay=igam.disc_optimizer.weight_decay)
-    model.compile(job.optimizer.build(), igam.disc_optimizer.build())
+    model.compile(job.optimizer.build(), igam.disc_optimizer.build(),
+                  jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
   _train(model, stream, validation, job, {'student': student, 'teacher': teacher})
   model_io.save_model(job.run.model_dir, student, student_spec)
   return student
 
 
+@_in_precision
 def train_baseline(job):
   """Trains a baseline student, `job.method` 'standard', 'pgd_at' or 'grad_norm'
   ('finetune' is `finetune_teacher`). `job` is a settings.BaselineJob. Returns the
@@ -175,7 +195,7 @@ def train_baseline(job):
           classifier, penalty_weight=baseline.penalty_weight,
           gradient_of=baseline.gradient_of, penalty_start_step=baseline.penalty_start_step,
           **common)
-    model.compile(optimizer=job.optimizer.build())
+    model.compile(optimizer=job.optimizer.build(), jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
   _train(model, stream, validation, job, {method: classifier})
   model_io.save_model(job.run.model_dir, classifier, student_spec)

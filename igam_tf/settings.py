@@ -25,6 +25,10 @@ from igam_tf import optimization
 from igam_tf import teacher
 
 METHODS = ('standard', 'pgd_at', 'finetune', 'grad_norm')
+PRECISIONS = ('none', 'mixed_bfloat16', 'mixed_float16')
+# Jobs that take input gradients (double backpropagation, or PGD's attack gradients):
+# under float16 those would need a loss scaling of their own, which Keras does not do.
+_FLOAT16_JOBS = 'standard training and teacher finetuning'
 
 
 def option(default, help, *, choices=None, lower_bound=None, upper_bound=None, check=None,
@@ -160,6 +164,16 @@ class RunSettings:
       'e.g. learning_rate after a NaN loss: the optimizers\' settings, the loss weights and '
       'train_steps, never the architecture or the data. Each change is recorded in the '
       'folder\'s run_history.json.')
+  jit_compile: bool = option(False, 'Compile each training step with XLA '
+                             '(tf.function(jit_compile=True)): the same results within float '
+                             'tolerance, usually faster on GPUs.')
+  mixed_precision: str = option(
+      'none', 'Compute in 16-bit floats, keep the weights in float32 (Keras\'s mixed '
+      'precision; logits and losses stay float32): mixed_bfloat16 (every job; bfloat16 has '
+      'float32\'s range, so no loss scaling is needed) or mixed_float16 (dynamic loss '
+      f'scaling; {_FLOAT16_JOBS} only: IGAM, grad_norm and PGD-AT take input gradients, '
+      'which would need a scaling of their own). Recorded: a run resumes with the same.',
+      choices=PRECISIONS)
   verbose: object = option('auto', 'Keras fit verbosity.', flag=False)
 
 
@@ -281,6 +295,7 @@ class IGAMJob:
 
   def __post_init__(self):
     self.optimizer = self.optimizer.resolved(self.student.architecture)
+    _check_float16(self.run, 'IGAM')
 
 
 @dataclasses.dataclass
@@ -296,12 +311,22 @@ class BaselineJob:
 
   def __post_init__(self):
     self.optimizer = self.optimizer.resolved(self.student.architecture)
+    if self.method in ('pgd_at', 'grad_norm'):
+      _check_float16(self.run, f'--method={self.method}')
+
+
+def _check_float16(run, job):
+  if run.mixed_precision == 'mixed_float16':
+    raise ValueError(f'--mixed_precision=mixed_float16 is for {_FLOAT16_JOBS}; {job} takes '
+                     f'input gradients, which float16 would need to scale on their own (not '
+                     f'done): use --mixed_precision=mixed_bfloat16')
 
 
 def recorded(job):
   """What run_config.json records of a job: its dict, less where its files go and how it
-  is run (a resumed run may move, or change strategy), but with its length."""
+  is run (a resumed run may move, change strategy or XLA), but with its length and
+  precision (which change the result)."""
   settings = dataclasses.asdict(job)
   run = settings.pop('run')
-  return settings | {'train_steps': run['train_steps'],
-                     'checkpoint_every': run['checkpoint_every']}
+  return settings | {name: run[name] for name in
+                     ('train_steps', 'checkpoint_every', 'mixed_precision')}

@@ -52,7 +52,7 @@ class Teacher(keras.Model):
     self.source.trainable = False  # frozen weights
     self.transform = transform if isinstance(transform, TeacherTransform) \
         else TeacherTransform(transform)
-    self.head = keras.layers.Dense(num_classes, name=HEAD_NAME)
+    self.head = keras.layers.Dense(num_classes, name=HEAD_NAME, dtype='float32')
     self.num_classes, self.batch_norm = num_classes, batch_norm
 
   def build(self, input_shape):

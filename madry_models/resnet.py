@@ -194,7 +194,8 @@ class MadryResNet(keras.Model):
             activation=activation, name=f'unit_{stage + 1}_{i}'))
     self.final_bn = BatchNorm('final_bn')
     self.act = make_activation(activation)
-    self.logits = keras.layers.Dense(num_classes, name='logit')
+    # float32 logits whatever the dtype policy (under mixed precision: softmax and losses).
+    self.logits = keras.layers.Dense(num_classes, name='logit', dtype='float32')
 
   def features(self, images, training=False, batch_statistics=False):
     """The globally pooled representation before the logit layer."""

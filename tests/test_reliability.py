@@ -202,6 +202,10 @@ class ReliabilityTest(tf.test.TestCase):
         ('train_baseline', ('--source=madry_mnist:x',), '--source'),
         ('train_baseline', ('--method=pgd_at', '--transform=resize:28'), '--transform'),
         ('train_baseline', ('--classes=5',), '--classes'),
+        ('train_baseline', ('--method=grad_norm', '--mixed_precision=mixed_float16'),
+         '--mixed_precision=mixed_float16', 'mixed_bfloat16'),
+        ('train_igam', igam + ('--mixed_precision=mixed_float16',),
+         '--mixed_precision=mixed_float16', 'mixed_bfloat16'),
         ('train_igam', igam + ('--adv_weight=-1',), '--adv_weight'),
         ('train_igam', igam + ('--diff_weight=-10',), '--diff_weight'),
         ('finetune_teacher', ('--source=/no/such/source', '--learning_rate=-1e-3'),
@@ -209,8 +213,8 @@ class ReliabilityTest(tf.test.TestCase):
     ]
     for binary in ('train_baseline', 'train_igam', 'finetune_teacher'):
       self.assert_all_refused(binary, [
-          ((baseline + argv) if binary == 'train_baseline' else argv, flag)
-          for name, argv, flag in cases if name == binary], model_dir)
+          ((baseline + argv) if binary == 'train_baseline' else argv, *expected)
+          for name, argv, *expected in cases if name == binary], model_dir)
 
   def test_bad_evaluation_flags_are_refused_before_any_attack(self):
     model_dir = self.copy_of_trained()
