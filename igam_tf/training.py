@@ -16,6 +16,7 @@ of which goes to `run_history.json`.
 """
 
 import json
+import math
 import os
 import re
 
@@ -173,17 +174,27 @@ class _CheckpointEveryEpoch(keras.callbacks.Callback):
 
 
 class _StopOnNaN(keras.callbacks.Callback):
+  """Stops at the end of the call of the training function (see `train`) whose metrics
+  are not finite: they are means since the epoch began, so one bad step shows."""
 
   def __init__(self):
     super().__init__()
     self.bad_step = None
 
+  def on_train_begin(self, logs=None):
+    self.finite_until = int(self.model.optimizer.iterations.numpy())
+
   def on_train_batch_end(self, batch, logs=None):
+    step = int(self.model.optimizer.iterations.numpy())
     bad = {k: v for k, v in (logs or {}).items() if not np.all(np.isfinite(v))}
     if bad and self.bad_step is None:
-      self.bad_step = int(self.model.optimizer.iterations.numpy())
+      self.bad_step = step
+      # The call's steps: the first bad one is among them.
+      first = self.finite_until + 1
+      self.bad_steps = f'step {step}' if first == step else f'steps {first}-{step}'
       self.bad_metrics = sorted(bad)
       self.model.stop_training = True
+    self.finite_until = step
 
 
 class _Summaries(keras.callbacks.Callback):
@@ -365,6 +376,18 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
     for name, old, new in changes:
       logging.warning('Resuming at step %d with %s changed from %r to %r (recorded in %s)',
                       done, name, old, new, os.path.join(model_dir, RUN_HISTORY))
+  # Several steps per call of the training function (Keras's steps_per_execution): the
+  # host reads the metrics (NaN stop, summaries) between calls only. Every step the host
+  # acts at (a summary, a checkpoint, the start of a method's terms) ends a call. One step
+  # per call under several replicas: Keras 3's multi-step loop fails under
+  # MirroredStrategy ("You must feed a value for placeholder tensor",
+  # keras-team/keras#19246).
+  steps_per_call = 1
+  if model.distribute_strategy.num_replicas_in_sync == 1:
+    steps_per_call = math.gcd(summary_every, checkpoint_every,
+                              getattr(model, 'terms_start_step', 0))
+  if model.steps_per_execution != steps_per_call:
+    model.steps_per_execution, model.train_function = steps_per_call, None
   nan_guard = _StopOnNaN()
   saver = _CheckpointEveryEpoch(manager, nan_guard, last_saved=restored)
   callbacks = [nan_guard, saver,
@@ -381,7 +404,7 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
     else:  # nothing to resume: a rerun with other settings starts afresh
       advice = 'rerun to train afresh'
     raise TrainingError(
-        f'The loss became NaN or infinite at step {nan_guard.bad_step} '
+        f'The loss became NaN or infinite in {nan_guard.bad_steps} '
         f'({", ".join(nan_guard.bad_metrics)}); training stopped and the last good checkpoint '
         f'({saver.last_saved or "none yet"}) is kept. Lower the learning rate or the loss '
         f'weights, then {advice}.')

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import keras
 import numpy as np
@@ -99,13 +100,31 @@ class ResumeTest(tf.test.TestCase):
                              checkpoint_every=2, verbose=0)
     self.assertEmpty(history.history)
 
+  def test_the_host_reads_metrics_once_per_call_of_several_steps(self):
+    # 8 steps, summaries every 4: two calls of 4 steps each, with the weights of one
+    # step per call (summaries every step).
+    trained = {}
+    for summary_every in (1, 4):
+      keras.utils.set_random_seed(0)
+      model = StandardTraining(build_classifier('simple_cnn', 3, (12, 12, 3), filters=(8, 8)))
+      model.compile(optimizer=keras.optimizers.SGD(0.05))
+      with mock.patch.object(training._StopOnNaN, 'on_train_batch_end', autospec=True,
+                             side_effect=training._StopOnNaN.on_train_batch_end) as calls:
+        training.train(model, stream(), model_dir=tempfile.mkdtemp(), total_steps=8,
+                       checkpoint_every=8, summary_every=summary_every, verbose=0)
+      self.assertEqual(calls.call_count, 8 // summary_every)
+      self.assertEqual(model.steps_per_execution, summary_every)
+      trained[summary_every] = [w.numpy() for w in model.weights]
+    for a, b in zip(trained[1], trained[4]):
+      self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)
+
   def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(self):
     model_dir = tempfile.mkdtemp()
     keras.utils.set_random_seed(0)
     model = StandardTraining(build_classifier('simple_cnn', 3, (12, 12, 3), filters=(8, 8)))
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     with self.assertRaisesRegex(training.TrainingError,
-                                r'NaN or infinite at step [34] .*ckpt-2.* is kept'):
+                                r'NaN or infinite in steps 3-4 .*ckpt-2.* is kept'):
       training.train(model, stream(poison_from=2), model_dir=model_dir, total_steps=6,
                      checkpoint_every=2, verbose=0)
     checkpoints = os.path.join(model_dir, 'checkpoints')
