@@ -7,7 +7,7 @@ training. This prints seconds per step of each method on one student, measured i
 one run, and their ratios to standard training. IGAM's teacher is Table 1's, the
 Madry MNIST CNN behind channel averaging and a centre crop. `igam_warm_up` is an IGAM
 step before --igam_start_step (cross-entropy only), `igam_xla` one compiled with XLA
-(--jit_compile); the last lines give IGAM's cost
+(--jit_compile), `*_fd` with --double_backprop=finite_difference; the last lines give IGAM's cost
 over PGD-k's per step and amortized over the authors' schedule (IGAM terms from step
 280k of 320k).
 """
@@ -76,6 +76,11 @@ def main(argv):
                            igam_start_step=10**9),
       'igam_xla': IGAM(student(), teacher, build_discriminator(3, 16),
                        gradient_window=teacher.transform.gradient_window(shape)),
+      'igam_fd': IGAM(student(), teacher, build_discriminator(3, 16),
+                      gradient_window=teacher.transform.gradient_window(shape),
+                      double_backprop='finite_difference'),
+      'grad_norm_fd': baselines.GradientNormPenalty(student(), penalty_weight=1.0,
+                                                    double_backprop='finite_difference'),
   }
   for name, model in methods.items():
     jit = name.endswith('_xla')  # --jit_compile

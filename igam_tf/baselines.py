@@ -16,7 +16,9 @@ from igam_tf import distribution
 from igam_tf.architectures import logits_with_batch_statistics
 from igam_tf.igam import PIXEL_SCALE
 from igam_tf.igam import weight_decay_loss
-from igam_tf.input_gradients import input_gradients
+from igam_tf.input_gradients import DOUBLE_BACKPROP
+from igam_tf.input_gradients import finite_difference_weight_gradients
+from igam_tf.input_gradients import objective_and_input_gradients
 from igam_tf.warm_up import WarmUpStep
 
 
@@ -42,15 +44,21 @@ class StandardTraining(keras.Model):
     return images
 
   def logits_and_penalty(self, images, labels):
-    return self.classifier(images, training=True), 0.0
+    """(logits, penalty, what penalty_gradients needs of this pass)."""
+    return self.classifier(images, training=True), 0.0, None
+
+  def penalty_gradients(self, tape, gradients, images, labels, held):
+    """The loss's weight gradients, with any part the tape does not give added."""
+    del tape, images, labels, held
+    return gradients
 
   def train_step(self, data):
     images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
     images = self.training_images(images, labels)
-    with tf.GradientTape() as tape:
-      logits, penalty = self.logits_and_penalty(images, labels)
+    with tf.GradientTape(persistent=True) as tape:  # read again by penalty_gradients
+      logits, penalty, held = self.logits_and_penalty(images, labels)
       xent = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(
           labels, logits, from_logits=True)) / global_batch
       loss = xent + penalty + self.weight_decay * weight_decay_loss(self.classifier) / replicas
@@ -58,7 +66,10 @@ class StandardTraining(keras.Model):
       # not underflow; apply_gradients unscales them.
       scaled_loss = self.optimizer.scale_loss(loss)
     variables = self.classifier.trainable_variables
-    self.optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+    gradients = self.penalty_gradients(tape, tape.gradient(scaled_loss, variables), images,
+                                       labels, held)
+    del tape
+    self.optimizer.apply_gradients(zip(gradients, variables))
     self.loss_tracker.update_state(loss * replicas)
     self.xent_tracker.update_state(xent * replicas)
     self.accuracy.update_state(labels, logits)
@@ -111,10 +122,14 @@ class GradientNormPenalty(WarmUpStep, StandardTraining):
   cross-entropy step of its own (`WarmUpStep`)."""
 
   def __init__(self, classifier, penalty_weight, gradient_of='xent', penalty_start_step=0,
-               **kwargs):
+               double_backprop='exact', finite_difference_step=1e-3, **kwargs):
     super().__init__(classifier, **kwargs)
+    if double_backprop not in DOUBLE_BACKPROP:
+      raise ValueError(f'--double_backprop must be one of {", ".join(DOUBLE_BACKPROP)}, got '
+                       f'{double_backprop!r}')
     self.penalty_weight, self.gradient_of = penalty_weight, gradient_of
     self.penalty_start_step = penalty_start_step
+    self.double_backprop, self.finite_difference_step = double_backprop, finite_difference_step
 
   @property
   def terms_start_step(self):
@@ -123,6 +138,24 @@ class GradientNormPenalty(WarmUpStep, StandardTraining):
   def logits_and_penalty(self, images, labels):
     if not self.terms_on:
       return super().logits_and_penalty(images, labels)
-    gradients, logits = input_gradients(lambda x: self.classifier(x, training=True),
-                                        images, labels, self.gradient_of)
-    return logits, self.penalty_weight * tf.reduce_sum(tf.square(gradients / PIXEL_SCALE))
+    gradients, logits, objective = objective_and_input_gradients(
+        lambda x: self.classifier(x, training=True), images, labels, self.gradient_of)
+    held = None
+    if self.double_backprop == 'finite_difference':
+      # J held fixed here; its weight gradient comes from penalty_gradients.
+      gradients = tf.stop_gradient(gradients)
+      held = (gradients, objective)
+    return (logits, self.penalty_weight * tf.reduce_sum(tf.square(gradients / PIXEL_SCALE)),
+            held)
+
+  def penalty_gradients(self, tape, gradients, images, labels, held):
+    if held is None:
+      return gradients
+    fixed_gradients, objective = held
+    # d penalty / d J = 2 weight J / 255^2, the direction of the finite difference.
+    upstream = 2 * self.penalty_weight * fixed_gradients / PIXEL_SCALE**2
+    variables = self.classifier.trainable_variables
+    return [g + p for g, p in zip(gradients, finite_difference_weight_gradients(
+        lambda x: logits_with_batch_statistics(self.classifier, x), variables, images,
+        labels, self.gradient_of, upstream, self.finite_difference_step,
+        tape.gradient(objective, variables)))]

@@ -160,7 +160,9 @@ def train_igam(job):
                  diff_weight=igam.diff_weight, disc_every=igam.disc_every,
                  disc_update=igam.disc_update, diff_window=igam.diff_window,
                  igam_start_step=igam.igam_start_step, weight_decay=job.optimizer.weight_decay,
-                 disc_weight_decay=igam.disc_optimizer.weight_decay)
+                 disc_weight_decay=igam.disc_optimizer.weight_decay,
+                 double_backprop=igam.double_backprop,
+                 finite_difference_step=igam.finite_difference_step)
     model.compile(job.optimizer.build(), igam.disc_optimizer.build(),
                   jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
@@ -194,7 +196,8 @@ def train_baseline(job):
       model = baselines.GradientNormPenalty(
           classifier, penalty_weight=baseline.penalty_weight,
           gradient_of=baseline.gradient_of, penalty_start_step=baseline.penalty_start_step,
-          **common)
+          double_backprop=baseline.double_backprop,
+          finite_difference_step=baseline.finite_difference_step, **common)
     model.compile(optimizer=job.optimizer.build(), jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
   _train(model, stream, validation, job, {method: classifier})

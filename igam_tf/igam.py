@@ -8,8 +8,12 @@ fool it (L_adv) and to match J_t pixel by pixel (L_diff).
 import keras
 import tensorflow as tf
 
+from igam_tf.architectures import logits_with_batch_statistics
+from igam_tf.input_gradients import DOUBLE_BACKPROP
+from igam_tf.input_gradients import finite_difference_weight_gradients
 from igam_tf.input_gradients import input_gradients
 from igam_tf.input_gradients import normalize_per_example
+from igam_tf.input_gradients import objective_and_input_gradients
 from igam_tf.warm_up import WarmUpStep
 
 # Gradients are matched on the original 0..255 pixel scale (d/d(255 x) = d/dx / 255)
@@ -72,13 +76,21 @@ class IGAM(WarmUpStep, keras.Model):
       count those steps.
     weight_decay, disc_weight_decay: L2 weight decay of the student's and the
       discriminator's kernels (the authors: 2e-4 for both).
+    double_backprop: how the weight gradient of the terms through J_s is taken: 'exact'
+      (second-order autodiff) or 'finite_difference' (one more forward and backward
+      pass at images + finite_difference_step * the terms' gradient w.r.t. J_s, scaled
+      to unit RMS: `input_gradients.finite_difference_weight_gradients`).
   """
 
   def __init__(self, student, teacher, discriminator, *, gradient_window=None,
                gradient_of='xent', adv_weight=1.0, diff_weight=10.0, disc_every=1,
                disc_update='accumulate', diff_window='crop', igam_start_step=0,
-               weight_decay=0.0, disc_weight_decay=0.0, **kwargs):
+               weight_decay=0.0, disc_weight_decay=0.0, double_backprop='exact',
+               finite_difference_step=1e-3, **kwargs):
     super().__init__(**kwargs)
+    if double_backprop not in DOUBLE_BACKPROP:
+      raise ValueError(f'--double_backprop must be one of {", ".join(DOUBLE_BACKPROP)}, got '
+                       f'{double_backprop!r}')
     if disc_update not in DISC_UPDATES:
       raise ValueError(f'--disc_update must be one of {", ".join(DISC_UPDATES)}, got {disc_update!r}')
     if diff_window not in DIFF_WINDOWS:
@@ -91,6 +103,7 @@ class IGAM(WarmUpStep, keras.Model):
     self.disc_every, self.disc_update = disc_every, disc_update
     self.diff_window, self.igam_start_step = diff_window, igam_start_step
     self.weight_decay, self.disc_weight_decay = weight_decay, disc_weight_decay
+    self.double_backprop, self.finite_difference_step = double_backprop, finite_difference_step
     self.trackers = {name: keras.metrics.Mean(name=name) for name in (
         'loss', 'xent', 'adv_loss', 'diff_loss', 'disc_accuracy')}
     self.accuracy = keras.metrics.SparseCategoricalAccuracy(name='accuracy')
@@ -148,11 +161,15 @@ class IGAM(WarmUpStep, keras.Model):
     j_t = self.teacher_gradients(images, labels)
 
     with tf.GradientTape(persistent=True) as tape:
-      # Student: its input gradients J_s, differentiable w.r.t. its weights (the inner
-      # tape in input_gradients: double backpropagation).
-      j_s, logits = input_gradients(lambda x: self.student(x, training=True),
-                                    images, labels, self.gradient_of)
-      j_s = j_s / PIXEL_SCALE
+      # Student: its input gradients J_s, differentiable w.r.t. its weights (exact: the
+      # inner tape in objective_and_input_gradients, double backpropagation), or held
+      # fixed (finite_difference: their weight gradients come from one more pass).
+      j_s, logits, objective = objective_and_input_gradients(
+          lambda x: self.student(x, training=True), images, labels, self.gradient_of)
+      if self.double_backprop == 'finite_difference':
+        j_s = tf.stop_gradient(j_s)
+        tape.watch(j_s)
+      raw_j_s, j_s = j_s, j_s / PIXEL_SCALE
       # Discriminator: tells J_s (label 0) from J_t (label 1), each map normalized.
       disc_logits = self.discriminator(
           normalize_per_example(tf.concat([self.crop(j_s), self.crop(j_t)], 0)), training=True)
@@ -162,14 +179,21 @@ class IGAM(WarmUpStep, keras.Model):
       losses = igam_losses(labels, logits, j_s, j_t, disc_labels, disc_logits, global_batch)
       # The student's loss: xent + wd * L2 + adv * L_adv + diff * L_diff (IGAM terms from
       # igam_start_step on); the discriminator's: its cross-entropy + its L2.
+      terms = self.adv_weight * losses['adv'] + self.diff_weight * losses['diff']
       loss = (losses['xent'] + self.weight_decay * weight_decay_loss(self.student) / replicas
-              + self.adv_weight * losses['adv'] + self.diff_weight * losses['diff'])
+              + terms)
       disc_loss = (losses['disc_xent']
                    + self.disc_weight_decay * weight_decay_loss(self.discriminator) / replicas)
 
     # Update the student.
     student_vars = self.student.trainable_variables
-    self.optimizer.apply_gradients(zip(tape.gradient(loss, student_vars), student_vars))
+    gradients = tape.gradient(loss, student_vars)
+    if self.double_backprop == 'finite_difference':  # the terms' gradient through J_s
+      gradients = [g + t for g, t in zip(gradients, finite_difference_weight_gradients(
+          lambda x: logits_with_batch_statistics(self.student, x), student_vars, images,
+          labels, self.gradient_of, tape.gradient(terms, raw_j_s), self.finite_difference_step,
+          tape.gradient(objective, student_vars)))]
+    self.optimizer.apply_gradients(zip(gradients, student_vars))
     # Update the discriminator: every step, or every disc_every-th.
     disc_vars = self.discriminator.trainable_variables
     disc_gradients = tape.gradient(disc_loss, disc_vars)

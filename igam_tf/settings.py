@@ -204,6 +204,15 @@ _TEACHER_BN_HELP = ('BN of the frozen teacher while it is finetuned or teaches: 
                     'code).')
 
 
+_DOUBLE_BACKPROP_HELP = (
+    'How the weight gradient of the terms on the student\'s input gradients is taken: exact '
+    '(second-order autodiff, double backpropagation) or finite_difference (Finlay and Oberman '
+    '2019: one more forward and backward pass, at the images moved along the terms\' '
+    'gradient; see igam_tf/input_gradients.py).')
+_FINITE_DIFFERENCE_STEP_HELP = ('With --double_backprop=finite_difference: the step, as the '
+                                'RMS pixel change on the [0, 1] scale.')
+
+
 @dataclasses.dataclass
 class IGAMSettings:
   gradient_of: str = option('xent', 'xent: the paper\'s text; true_prob: the authors\' code.',
@@ -226,6 +235,9 @@ class IGAMSettings:
   teacher_bn: str = option('moving', _TEACHER_BN_HELP, choices=teacher.TEACHER_BN)
   disc_blocks: int = option(4, 'Discriminator conv blocks.', lower_bound=1)
   disc_filters: int = option(8, 'Filters of the first block (doubling each block).')
+  double_backprop: str = option('exact', _DOUBLE_BACKPROP_HELP,
+                                choices=input_gradients.DOUBLE_BACKPROP)
+  finite_difference_step: float = option(1e-3, _FINITE_DIFFERENCE_STEP_HELP, check=positive)
   disc_optimizer: OptimizerSettings = group(
       OptimizerSettings, 'disc_', 'the discriminator', optimizer='momentum', learning_rate=0.1,
       weight_decay=0.0)
@@ -246,6 +258,10 @@ class BaselineSettings:
   penalty_start_step: int = option(0, 'grad_norm: cross-entropy-only steps before the penalty '
                                    'starts (IGAM\'s --igam_start_step, for a control on IGAM\'s '
                                    'schedule).', lower_bound=0)
+  double_backprop: str = option('exact', 'grad_norm: ' + _DOUBLE_BACKPROP_HELP,
+                                choices=input_gradients.DOUBLE_BACKPROP)
+  finite_difference_step: float = option(1e-3, 'grad_norm: ' + _FINITE_DIFFERENCE_STEP_HELP,
+                                         check=positive)
 
 
 def _init_from():

@@ -166,7 +166,8 @@ class SettingsAreUsedTest(tf.test.TestCase):
 
   def test_each_baseline_uses_its_settings(self):
     method_fields = {'pgd_at': {'epsilon', 'pgd_steps', 'pgd_step_size', 'pgd_bn'},
-                     'grad_norm': {'penalty_weight', 'gradient_of', 'penalty_start_step'}}
+                     'grad_norm': {'penalty_weight', 'gradient_of', 'penalty_start_step',
+                                   'double_backprop', 'finite_difference_step'}}
     every = set().union(*method_fields.values())
     self.assertEqual(every, {f.name for f in dataclasses.fields(settings.BaselineSettings)})
     for method in ('standard', 'pgd_at', 'grad_norm'):
