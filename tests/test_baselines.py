@@ -39,7 +39,7 @@ class BaselinesTest(tf.test.TestCase):
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     for step in range(4):
       # Before its step the penalty's graph (input gradients) is not even built.
-      with mock.patch.object(baselines, 'input_gradients',
+      with mock.patch.object(baselines, 'objective_and_input_gradients',
                              side_effect=AssertionError('input gradients')) if step < 2 \
           else contextlib.nullcontext():
         logs = model.train_on_batch(images, labels, return_dict=True)
