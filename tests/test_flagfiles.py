@@ -149,6 +149,21 @@ def make_tiny_imagenet(root, wnids=('n01', 'n02', 'n03')):
     f.write('\n'.join(annotations) + '\n')
 
 
+def make_idx_folder(folder, examples=12):
+  """MNIST-format IDX files of random 28x28 images, for flagfiles that read idx:DIR."""
+  rng = np.random.RandomState(0)
+  os.makedirs(folder)
+  for prefix in ('train', 't10k'):
+    images = rng.randint(0, 256, (examples, 28, 28)).astype(np.uint8)
+    labels = np.arange(examples, dtype=np.uint8) % 10
+    for kind, array, magic in (('images-idx3', images, 2051), ('labels-idx1', labels, 2049)):
+      with open(os.path.join(folder, f'{prefix}-{kind}-ubyte'), 'wb') as f:
+        f.write(magic.to_bytes(4, 'big'))
+        for size in array.shape:
+          f.write(size.to_bytes(4, 'big'))
+        f.write(array.tobytes())
+
+
 class FlagfileTest(tf.test.TestCase):
 
   @classmethod
@@ -156,6 +171,8 @@ class FlagfileTest(tf.test.TestCase):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
     make_tiny_imagenet(os.path.join(cls.root, 'data', 'tiny-imagenet-200'))
+    cls.idx_folder = os.path.join(cls.root, 'mnist_idx')
+    make_idx_folder(cls.idx_folder)
     # MadryLab-like source checkpoints, where the flagfiles expect the fetched releases.
     cls.madry = {
         'madry_mnist': tf1_reference.build_madry_mnist_checkpoint(
@@ -180,6 +197,8 @@ class FlagfileTest(tf.test.TestCase):
         argv.append(f'--source={value.split(":")[0]}:{self.madry[value.split(":")[0]]}')
       elif name == 'dataset' and value.startswith('tiny_imagenet:'):
         argv.append(f'--dataset=tiny_imagenet:{os.path.join(self.root, value.split(":")[1])}')
+      elif name == 'dataset' and value.startswith('idx:'):  # the real files: not in a clone
+        argv.append(f'--dataset=idx:{self.idx_folder}')
       elif name == 'student_filters':
         argv.append('--student_filters=4,4,8,8')
       elif name == 'student_units_per_stage':
