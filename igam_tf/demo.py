@@ -55,12 +55,19 @@ def _not_negative(value):
     raise ValueError('must not be negative')
 
 
+def _digit_classes(classes):
+  if len(classes) < 2 or any(not 0 <= c <= 9 for c in classes) or len(set(classes)) < len(classes):
+    raise ValueError('takes two or more different digits, 0 to 9')
+
+
 @dataclasses.dataclass
-class DemoSettings:
+class DemoSettings(settings.Settings):
   """The demo's options; every job's settings follow from them (`run_demo`)."""
   output_dir: str = settings.option(None, 'Where every model, export and the results go.')
-  source_classes: tuple[int, ...] = settings.option((0, 1, 2, 3, 4), 'Digits of the source task.')
-  target_classes: tuple[int, ...] = settings.option((5, 6, 7, 8, 9), 'Digits of the target task.')
+  source_classes: tuple[int, ...] = settings.option((0, 1, 2, 3, 4), 'Digits of the source '
+                                                    'task.', check=_digit_classes)
+  target_classes: tuple[int, ...] = settings.option((5, 6, 7, 8, 9), 'Digits of the target '
+                                                    'task.', check=_digit_classes)
   epsilon: float = settings.option(0.1, 'L-inf radius (pixels in [0, 1]) for the robust '
                                    'teacher, PGD-AT and every attack.', check=_epsilon_in_range)
   teacher_steps: int = settings.option(400, 'Steps of PGD-10 training of the robust teacher.',
@@ -106,11 +113,13 @@ def _machine():
 
 
 def recorded_settings(demo, seed):
-  """What a demo's results.json records of its settings: every option with this seed,
-  less where it writes and how it runs (as a training run records its job's settings)."""
-  recorded = dataclasses.asdict(dataclasses.replace(demo, seed=seed))
-  for unrecorded in ('output_dir', 'seeds', 'devices'):
+  """What a demo's results.json records of its settings: its options by flag name, with
+  this seed, less where it writes and how it runs; and what its flags do not say."""
+  recorded = settings.by_flag(dataclasses.replace(demo, seed=seed))
+  for unrecorded in ('output_dir', 'seeds', 'strategy', 'cpu_replicas'):
     del recorded[unrecorded]
+  recorded.update(dataset='digits', pgd_step_size=demo.epsilon / 4,
+                  teacher='madry_mnist (ReLU), PGD-10 trained on the source task')
   return json.loads(json.dumps(recorded))  # tuples as lists, as they come back from disk
 
 

@@ -85,6 +85,12 @@ def job_strategy(run, batch_size):
     raise ValueError(f'--batch_size={batch_size} does not split evenly over the {replicas} '
                      f'replicas of --strategy={devices.strategy}: make it a multiple of '
                      f'{replicas} (it is the global batch, whatever the number of replicas)')
+  if run.jit_compile and replicas > 1:
+    # XLA then fails on variables placed on another replica's device
+    # (xla/known_issues#tfvariable_on_a_different_device).
+    raise ValueError(f'--jit_compile does not run under the {replicas} replicas of '
+                     f'--strategy={devices.strategy} (XLA cannot use variables placed on '
+                     f'another device): drop one of them')
   return strategy
 
 
@@ -153,7 +159,7 @@ def train_igam(job):
       logging.warning('The teacher was finetuned with its BN in %r mode, IGAM runs it in %r '
                       '(--teacher_bn)', teacher_spec.get('batch_norm', 'moving'), igam.teacher_bn)
     teacher.batch_norm = igam.teacher_bn
-    student = _build_student(student_spec, job.init_from)
+    student = _build_student(student_spec, job.init_from, job.run.model_dir)
     model = IGAM(student, teacher, build_discriminator(igam.disc_blocks, igam.disc_filters),
                  gradient_window=teacher.transform.gradient_window(train_split.image_shape),
                  gradient_of=igam.gradient_of, adv_weight=igam.adv_weight,
@@ -184,7 +190,7 @@ def train_baseline(job):
   train_split, stream, validation = load_training_data(job.data)
   student_spec = job.student.spec(train_split.num_classes, train_split.image_shape)
   with strategy.scope():
-    classifier = _build_student(student_spec, job.init_from)
+    classifier = _build_student(student_spec, job.init_from, job.run.model_dir)
     common = dict(weight_decay=job.optimizer.weight_decay)
     if method == 'standard':
       model = baselines.StandardTraining(classifier, **common)
@@ -205,16 +211,20 @@ def train_baseline(job):
   return classifier
 
 
-def _build_student(spec, init_from):
+def _build_student(spec, init_from, model_dir):
   """A student of `spec`: fresh weights, or those of the trained student in the folder
-  `init_from` (a shared warm-up), which must be of the same spec. On resume the run's
-  own checkpoint replaces them."""
+  `init_from` (a shared warm-up), which must be of the same spec. Not read when the run
+  resumes: its own checkpoint replaces them (and `init_from` may be gone)."""
   student = model_io.build_model(spec)
-  if init_from:
+  if init_from and not training.has_checkpoints(model_dir):
     try:
       trained, trained_spec = model_io.load_model(init_from)
     except model_io.ModelError as e:
       raise model_io.ModelError(f'--init_from: {e}') from None
+    if trained_spec['kind'] != 'classifier':
+      raise model_io.ModelError(f'--init_from={init_from} holds a finetuned '
+                                f'{trained_spec["kind"]}, not a student: give a run of '
+                                f'train_baseline or train_igam')
     spec = json.loads(json.dumps(spec))  # as a spec comes back from disk
     differences = [f'{key} {trained_spec.get(key)!r} there, {spec.get(key)!r} here'
                    for key in sorted(set(spec) | set(trained_spec))

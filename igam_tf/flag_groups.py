@@ -12,6 +12,7 @@ any work; `parse_flags` reports them as a one-line error.
 import dataclasses
 import functools
 import os
+import re
 import runpy
 import sys
 import tempfile
@@ -65,6 +66,19 @@ def job_from_flags(job_class, values):
   if getattr(job, 'run', None) is not None:
     check_writable('model_dir', job.run.model_dir)
   return job
+
+
+def refuse_unused_flags(job_class, other_job_classes, values, reason, chooser):
+  """Refuses flags given (on the command line or in a flagfile) that this binary defines
+  for `other_job_classes` but `job_class` does not read: they would be ignored silently.
+  `reason` says why, e.g. '--method=finetune'; `chooser` is the flag that chose the job."""
+  used = {name for name, *_ in _options(job_class)} | {chooser}
+  other = {name for job in other_job_classes for name, *_ in _options(job)}
+  unused = sorted(name for name in other - used if values[name].present)
+  if unused:
+    raise ValueError(f'{", ".join("--" + name for name in unused)} '
+                     f'{"is" if len(unused) == 1 else "are"} not used by {reason}: leave '
+                     f'{"it" if len(unused) == 1 else "them"} unset')
 
 
 def _default(settings, field):
@@ -181,6 +195,9 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     message = '; '.join(line for line in str(e).splitlines() if line.strip())
+    message = message.removeprefix('ERROR:: ')  # absl's own, for a missing flagfile
+    # "flag --x=['a']: --x takes ...": the value once, as given, not as a Python list.
+    message = re.sub(r'^flag --(\w+)=.*?: (?=--\1\b)', '', message)
     print(f'ERROR: {message}', file=sys.stderr)
     sys.exit(1)
 

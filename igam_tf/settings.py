@@ -57,6 +57,29 @@ def group(settings_class, prefix='', owner='the student', **defaults):
                            metadata=dict(prefix=prefix, owner=owner, defaults=defaults))
 
 
+class Settings:
+  """A settings dataclass checks its options when made (as the flags are checked when
+  parsed), so that the Python API refuses what the binaries refuse."""
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      meta, value = field.metadata, getattr(self, field.name)
+      if not meta.get('flag') or value is None:
+        continue
+      where = f'{type(self).__name__}.{field.name}'
+      if meta['choices'] and value not in meta['choices']:
+        raise ValueError(f'{where} must be one of {", ".join(meta["choices"])}, got {value!r}')
+      if meta['lower_bound'] is not None and value < meta['lower_bound']:
+        raise ValueError(f'{where} must be at least {meta["lower_bound"]}, got {value!r}')
+      if meta['upper_bound'] is not None and value > meta['upper_bound']:
+        raise ValueError(f'{where} must be at most {meta["upper_bound"]}, got {value!r}')
+      if meta['check']:
+        try:
+          meta['check'](value)
+        except ValueError as e:
+          raise ValueError(f'{where} {e}, got {value!r}') from None
+
+
 def positive(value):
   if value is not None and not value > 0:
     raise ValueError('must be positive')
@@ -67,6 +90,11 @@ def all_positive(values):
     raise ValueError('takes positive learning rates')
 
 
+def all_positive_widths(widths):
+  if any(width < 1 for width in widths):
+    raise ValueError('takes positive widths')
+
+
 def no_single_class(classes):
   if len(classes) == 1:
     raise ValueError('names one class: a classifier needs at least two (leave it unset for '
@@ -74,12 +102,12 @@ def no_single_class(classes):
 
 
 @dataclasses.dataclass
-class DataSettings:
+class DataSettings(Settings):
   dataset: str = option('cifar10', f'One of {data.VALID_SPECS} (see igam_tf/data.py).')
   data_dir: str = option(None, 'Where TFDS datasets are prepared.')
   classes: tuple[int, ...] = option((), 'Keep only these class ids (at least two), '
                                     'relabelled 0..K-1.', check=no_single_class)
-  image_size: int = option(None, 'Resize images to this square size.')
+  image_size: int = option(None, 'Resize images to this square size.', check=positive)
   augment: str = option('none', 'madry: pad, random crop and horizontal flip (Madry CIFAR).',
                         choices=data.AUGMENTATIONS)
   pixel_noise: float = option(0.0, 'Uniform pixel noise U(-a, a) on the [0, 1] scale (the '
@@ -87,7 +115,7 @@ class DataSettings:
                               lower_bound=0.0, upper_bound=1.0)
   batch_size: int = option(128, 'Global batch size.', lower_bound=1)
   validation_split: str = option('test', 'Split evaluated at each checkpoint; empty for none.')
-  seed: int = option(0, 'Seeds data order, augmentation and attacks.')
+  seed: int = option(0, 'Seeds data order, augmentation and attacks.', lower_bound=0)
 
 
 def _unset_optimizer_help():
@@ -104,7 +132,7 @@ def _unset_learning_rate_help():
 
 
 @dataclasses.dataclass
-class OptimizerSettings:
+class OptimizerSettings(Settings):
   """None for the optimizer or its rate: the student architecture's own (`resolved`)."""
   optimizer: str = option(None, 'Optimizer of {owner}.', choices=optimization.OPTIMIZERS,
                           unset_help=_unset_optimizer_help())
@@ -114,7 +142,8 @@ class OptimizerSettings:
                                           'changes, e.g. 40000,60000.')
   lr_values: tuple[float, ...] = option((), 'The piecewise rates, one more than the '
                                         'boundaries, e.g. 0.1,0.01,0.001.', check=all_positive)
-  momentum: float = option(0.9, 'Momentum of {owner} (momentum only).')
+  momentum: float = option(0.9, 'Momentum of {owner} (momentum only).', lower_bound=0.0,
+                           upper_bound=1.0)
   weight_decay: float = option(2e-4, 'L2 weight decay of {owner}\'s kernels.', lower_bound=0.0)
 
   def resolved(self, architecture):
@@ -137,7 +166,7 @@ class OptimizerSettings:
 
 
 @dataclasses.dataclass
-class DeviceSettings:
+class DeviceSettings(Settings):
   """Where a job runs: one device, or the replicas of a tf.distribute strategy."""
   strategy: str = option('default', 'default: one device; mirrored: all local GPUs (without '
                          'GPUs, --cpu_replicas logical CPUs), each batch split over them; '
@@ -150,7 +179,7 @@ class DeviceSettings:
 
 
 @dataclasses.dataclass
-class RunSettings:
+class RunSettings(Settings):
   model_dir: str = option(None, 'Checkpoints, TensorBoard logs and the trained model go here; '
                           'a rerun with the same flags resumes.')
   train_steps: int = option(1000, 'Training steps.', lower_bound=1)
@@ -178,18 +207,30 @@ class RunSettings:
 
 
 @dataclasses.dataclass
-class StudentSettings:
+class StudentSettings(Settings):
   architecture: str = option('madry_resnet', 'The student\'s architecture (any, whatever the '
                              'teacher\'s).', choices=architectures.ARCHITECTURES)
   activation: str = option(None, 'Activation: the architecture\'s own when unset; e.g. gelu, '
                            'elu or softplus for useful second derivatives.')
   filters: tuple[int, ...] = option((), 'madry_resnet: 4 widths (16,160,320,640 is WRN '
-                                    '32-10); simple_cnn: layer widths. Unset: small defaults.')
+                                    '32-10); simple_cnn: layer widths. Unset: small defaults.',
+                                    check=all_positive_widths)
   units_per_stage: int = option(5, 'madry_resnet: residual units per stage.', check=positive)
   input_normalization: str = option(
       None, 'madry_resnet: standardize (Madry\'s per_image_standardization, when unset) or '
       'mean_l2 (the IGAM authors\' student: subtract the image\'s mean, scale to unit L2 '
       'norm).', choices=madry_models.INPUT_NORMALIZATIONS)
+
+  def __post_init__(self):
+    super().__post_init__()
+    widths = {'madry_resnet': 4, 'madry_mnist': 0}.get(self.architecture)
+    if self.filters and widths is not None and len(self.filters) != widths:
+      raise ValueError(f'--student_filters: {self.architecture} takes '
+                       + (f'{widths} widths' if widths else 'no widths (fixed ones): leave it '
+                          'unset') + f', got {",".join(map(str, self.filters))}')
+    if self.input_normalization and self.architecture != 'madry_resnet':
+      raise ValueError(f'--student_input_normalization is for madry_resnet, not '
+                       f'{self.architecture}: leave it unset')
 
   def spec(self, num_classes, image_shape):
     """The model spec (model_io) of this student for a task."""
@@ -214,7 +255,7 @@ _FINITE_DIFFERENCE_STEP_HELP = ('With --double_backprop=finite_difference: the s
 
 
 @dataclasses.dataclass
-class IGAMSettings:
+class IGAMSettings(Settings):
   gradient_of: str = option('xent', 'xent: the paper\'s text; true_prob: the authors\' code.',
                             choices=input_gradients.GRADIENT_OF)
   adv_weight: float = option(1.0, 'Weight of L_adv (the paper\'s Table 5).', lower_bound=0.0)
@@ -234,7 +275,8 @@ class IGAMSettings:
                                 lower_bound=0)
   teacher_bn: str = option('moving', _TEACHER_BN_HELP, choices=teacher.TEACHER_BN)
   disc_blocks: int = option(4, 'Discriminator conv blocks.', lower_bound=1)
-  disc_filters: int = option(8, 'Filters of the first block (doubling each block).')
+  disc_filters: int = option(8, 'Filters of the first block (doubling each block).',
+                             lower_bound=1)
   double_backprop: str = option('exact', _DOUBLE_BACKPROP_HELP,
                                 choices=input_gradients.DOUBLE_BACKPROP)
   finite_difference_step: float = option(1e-3, _FINITE_DIFFERENCE_STEP_HELP, check=positive)
@@ -244,7 +286,7 @@ class IGAMSettings:
 
 
 @dataclasses.dataclass
-class BaselineSettings:
+class BaselineSettings(Settings):
   epsilon: float = option(8 / 255, 'pgd_at: L-inf radius on the [0, 1] scale.',
                           lower_bound=0.0, upper_bound=1.0)
   pgd_steps: int = option(7, 'pgd_at: PGD steps.', lower_bound=1)
@@ -273,7 +315,7 @@ def _init_from():
 
 
 @dataclasses.dataclass
-class FinetuneJob:
+class FinetuneJob(Settings):
   """Section 4.1 (igam_tf.finetune_teacher): a new head on a frozen source model."""
   source: str = option(None, 'madry_mnist:PATH, madry_cifar10:PATH (a TF1 checkpoint folder '
                        'or prefix) or a model folder this project trained.')
@@ -287,12 +329,13 @@ class FinetuneJob:
   run: RunSettings = group(RunSettings, train_steps=4700, checkpoint_every=470)
 
   def __post_init__(self):
+    super().__post_init__()
     if self.learning_rate is None:  # train_baseline --method=finetune without a rate
       self.learning_rate = 1e-3
 
 
 @dataclasses.dataclass
-class IGAMJob:
+class IGAMJob(Settings):
   """Section 4.2 (igam_tf.train_igam): a student trained with IGAM from a teacher."""
   teacher: str = option(None, 'A finetuned teacher folder (igam_tf.finetune_teacher), or '
                         'madry_mnist:PATH / madry_cifar10:PATH: a MadryLab-layout TF1 '
@@ -310,12 +353,13 @@ class IGAMJob:
   run: RunSettings = group(RunSettings)
 
   def __post_init__(self):
+    super().__post_init__()
     self.optimizer = self.optimizer.resolved(self.student.architecture)
     _check_float16(self.run, 'IGAM')
 
 
 @dataclasses.dataclass
-class BaselineJob:
+class BaselineJob(Settings):
   """A baseline student (igam_tf.train_baseline): standard, pgd_at or grad_norm."""
   method: str = option(None, 'The baseline.', choices=METHODS)
   baseline: BaselineSettings = group(BaselineSettings)
@@ -326,6 +370,7 @@ class BaselineJob:
   run: RunSettings = group(RunSettings)
 
   def __post_init__(self):
+    super().__post_init__()
     self.optimizer = self.optimizer.resolved(self.student.architecture)
     if self.method in ('pgd_at', 'grad_norm'):
       _check_float16(self.run, f'--method={self.method}')
@@ -336,6 +381,19 @@ def _check_float16(run, job):
     raise ValueError(f'--mixed_precision=mixed_float16 is for {_FLOAT16_JOBS}; {job} takes '
                      f'input gradients, which float16 would need to scale on their own (not '
                      f'done): use --mixed_precision=mixed_bfloat16')
+
+
+def by_flag(settings):
+  """{flag name: value} of a settings object's options, its groups' included."""
+  values = {}
+  for field in dataclasses.fields(settings):
+    value = getattr(settings, field.name)
+    if 'prefix' in field.metadata:
+      values.update({field.metadata['prefix'] + name: inner
+                     for name, inner in by_flag(value).items()})
+    elif field.metadata.get('flag'):
+      values[field.name] = value
+  return values
 
 
 def recorded(job):

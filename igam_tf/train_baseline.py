@@ -33,14 +33,17 @@ def define_flags():
 @flag_groups.reports_errors
 def main(argv):
   del argv
-  if flags.FLAGS.method == 'finetune':
-    # Finetuning uses Adam at 1e-3 (Section 4.1) unless --learning_rate is given.
-    job = flag_groups.job_from_flags(settings.FinetuneJob, flags.FLAGS)
+  f = flags.FLAGS
+  finetune = f.method == 'finetune'
+  job_class, other = ((settings.FinetuneJob, settings.BaselineJob) if finetune
+                      else (settings.BaselineJob, settings.FinetuneJob))
+  flag_groups.refuse_unused_flags(job_class, [other], f, f'--method={f.method}', 'method')
+  job = flag_groups.job_from_flags(job_class, f)
+  if finetune:  # Adam at 1e-3 (Section 4.1) unless --learning_rate is given
     experiments.finetune_teacher(job)
   else:
-    job = flag_groups.job_from_flags(settings.BaselineJob, flags.FLAGS)
     experiments.train_baseline(job)
-  print(f'{flags.FLAGS.method} model saved to {job.run.model_dir}')
+  print(f'{f.method} model saved to {job.run.model_dir}')
 
 
 def run():

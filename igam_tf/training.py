@@ -263,6 +263,13 @@ def _checkpoints_newest_first(manager, directory):
   return sorted(steps, key=lambda path: steps[path], reverse=True)
 
 
+def has_checkpoints(model_dir):
+  """Whether `model_dir` holds a checkpoint a run would resume from (or try to)."""
+  directory = os.path.join(model_dir, CHECKPOINTS)
+  return os.path.isdir(directory) and any(re.fullmatch(r'ckpt-\d+\.index', name)
+                                          for name in os.listdir(directory))
+
+
 def _only_a_failed_start(model_dir):
   """Whether `model_dir` holds no more than a run that never reached its first
   checkpoint leaves (its settings, history and logs), when it has no checkpoint."""

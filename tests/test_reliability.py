@@ -206,6 +206,16 @@ class ReliabilityTest(tf.test.TestCase):
          '--mixed_precision=mixed_float16', 'mixed_bfloat16'),
         ('train_igam', igam + ('--mixed_precision=mixed_float16',),
          '--mixed_precision=mixed_float16', 'mixed_bfloat16'),
+        # Flags the method would ignore.
+        ('train_baseline', ('--method=finetune', '--source=s', f'--init_from={self.trained}',
+                            '--optimizer=sgd'),
+         '--init_from, --optimizer are not used by --method=finetune'),
+        ('train_baseline', ('--teacher_bn=batch',), '--teacher_bn is not used by --method=standard'),
+        # XLA under several replicas (XLA cannot use another device's variables).
+        ('train_baseline', ('--strategy=mirrored', '--cpu_replicas=2', '--jit_compile'),
+         '--jit_compile does not run under the 2 replicas'),
+        ('train_baseline', ('--student_filters=0,4',), '--student_filters takes positive widths'),
+        ('train_baseline', ('--momentum=1.5',), '--momentum'),
         ('train_igam', igam + ('--adv_weight=-1',), '--adv_weight'),
         ('train_igam', igam + ('--diff_weight=-10',), '--diff_weight'),
         ('finetune_teacher', ('--source=/no/such/source', '--learning_rate=-1e-3'),
@@ -276,7 +286,10 @@ class ReliabilityTest(tf.test.TestCase):
              (('--batch_size=-8',), '--batch_size must be positive'),
              (('--epsilon=2',), '--epsilon must be in (0, 1]'),
              (('--attacks=clean,bogus',), "--attacks: Unknown attack 'bogus'"),
-             (('--seeds=a,b',), '--seeds takes integers')]
+             (('--seeds=a,b',), '--seeds takes integers'),
+             (('--target_classes=5',), '--target_classes takes two or more different digits'),
+             (('--source_classes=3,12',), '--source_classes takes two or more different'),
+             (('--student_filters=16,16',), '--student_filters: madry_resnet takes 4 widths')]
     self.assert_errors('demo', cases, (f'--output_dir={output_dir}',))
     self.assertFalse(os.path.exists(output_dir))
     a_file = os.path.join(self.root, 'a_file_not_a_folder')
@@ -318,21 +331,37 @@ class ReliabilityTest(tf.test.TestCase):
 
   def test_init_from_starts_the_student_from_a_trained_one(self):
     # SGD at 1e-30 leaves the weights where they start: at the trained run's.
+    warm_up = os.path.join(self.root, 'warm_up')
+    shutil.copytree(self.trained, warm_up)
     model_dir = os.path.join(tempfile.mkdtemp(dir=self.root), 'run')
-    result = run_binary('train_baseline', *TINY, '--train_steps=4', '--seed=5',
-                        '--optimizer=sgd', '--learning_rate=1e-30', f'--init_from={self.trained}',
-                        f'--model_dir={model_dir}')
+    run = lambda steps: run_binary(
+        'train_baseline', *TINY, f'--train_steps={steps}', '--seed=5', '--optimizer=sgd',
+        '--learning_rate=1e-30', f'--init_from={warm_up}', '--resume_with_changes=train_steps',
+        f'--model_dir={model_dir}')
+    result = run(4)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     started, _ = model_io.load_model(model_dir)
     trained, _ = model_io.load_model(self.trained)
     for got, want in zip(started.get_weights(), trained.get_weights()):
       self.assertAllClose(got, want, atol=1e-6)
     with open(os.path.join(model_dir, 'run_config.json')) as f:
-      self.assertEqual(json.load(f)['init_from'], self.trained)
-    # Another student, or a folder with no trained student: refused, naming the flag.
+      self.assertEqual(json.load(f)['init_from'], warm_up)
+    # Resumed from its own checkpoint, the folder it started from gone.
+    shutil.rmtree(warm_up)
+    result = run(8)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertIn('Resumed from', result.stderr)
+    # Another student, a finetuned teacher, or a folder with no trained student: refused,
+    # naming the flag.
+    teacher = os.path.join(self.root, 'teacher_for_init_from')
+    result = run_binary('finetune_teacher', f'--source={self.trained}', '--dataset=digits',
+                        '--classes=2,3', '--batch_size=16', '--train_steps=2',
+                        '--checkpoint_every=2', '--validation_split=', f'--model_dir={teacher}')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assert_all_refused('train_baseline', [
         (TINY + ('--student_filters=4,16', f'--init_from={self.trained}'),
          f'--init_from={self.trained} holds another model', 'filters [4, 8] there, [4, 16] here'),
+        (TINY + (f'--init_from={teacher}',), 'holds a finetuned teacher, not a student'),
         (TINY + (f'--init_from={self.root}',), '--init_from:', 'not a trained model folder')],
         tempfile.mkdtemp(dir=self.root))
 
