@@ -6,6 +6,7 @@ these whatever the teacher is. All take images in [0, 1] and return logits.
 
 import keras
 
+from madry_models import logits_dtype
 from madry_models import MadryMNIST
 from madry_models import MadryResNet
 from madry_models import SMALL_FILTERS
@@ -28,7 +29,7 @@ def simple_cnn(num_classes, filters=(32, 64, 128), activation='relu', name='simp
                                    name=f'conv_{i}'),
                keras.layers.Activation(activation)]
   layers += [keras.layers.GlobalAveragePooling2D(),
-             keras.layers.Dense(num_classes, name='logits', dtype='float32')]
+             keras.layers.Dense(num_classes, name='logits', dtype=logits_dtype())]
   return keras.Sequential(layers, name=name)
 
 

@@ -2,6 +2,8 @@
 
 import keras
 
+from madry_models import logits_dtype
+
 
 def build_discriminator(num_blocks=4, base_filters=8, name='discriminator'):
   """`num_blocks` x (conv 4x4 stride 2 + BN + leaky ReLU 0.1), then 2 logits.
@@ -20,5 +22,5 @@ def build_discriminator(num_blocks=4, base_filters=8, name='discriminator'):
                                         name=f'bn_{i}'),
         keras.layers.LeakyReLU(negative_slope=0.1),
     ]
-  layers += [keras.layers.Flatten(), keras.layers.Dense(2, name='logits', dtype='float32')]
+  layers += [keras.layers.Flatten(), keras.layers.Dense(2, name='logits', dtype=logits_dtype())]
   return keras.Sequential(layers, name=name)

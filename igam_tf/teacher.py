@@ -3,6 +3,8 @@ target task behind an input transform (Section 4.3)."""
 
 import keras
 
+from madry_models import logits_dtype
+
 from igam_tf.architectures import has_batch_norm
 from igam_tf.transforms import TeacherTransform
 
@@ -52,7 +54,7 @@ class Teacher(keras.Model):
     self.source.trainable = False  # frozen weights
     self.transform = transform if isinstance(transform, TeacherTransform) \
         else TeacherTransform(transform)
-    self.head = keras.layers.Dense(num_classes, name=HEAD_NAME, dtype='float32')
+    self.head = keras.layers.Dense(num_classes, name=HEAD_NAME, dtype=logits_dtype())
     self.num_classes, self.batch_norm = num_classes, batch_norm
 
   def build(self, input_shape):

@@ -2,6 +2,8 @@
 
 import keras
 
+from madry_models.dtypes import logits_dtype
+
 
 class MadryMNIST(keras.Model):
   """conv5x5(32)-maxpool-conv5x5(64)-maxpool-dense(1024)-dense(classes), ReLU.
@@ -22,8 +24,7 @@ class MadryMNIST(keras.Model):
     # Keras flattens NHWC in the same order as the original's tf.reshape.
     self.flatten = keras.layers.Flatten(name='flatten')
     self.fc1 = keras.layers.Dense(1024, activation=activation, name='fc1')
-    # float32 logits whatever the dtype policy (under mixed precision: softmax and losses).
-    self.logits = keras.layers.Dense(num_classes, name='logits', dtype='float32')
+    self.logits = keras.layers.Dense(num_classes, name='logits', dtype=logits_dtype())
 
   def features(self, images, training=False, batch_statistics=False):
     """The 1024-d representation before the logit layer (no BN: `training` and

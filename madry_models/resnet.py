@@ -7,6 +7,8 @@ Keras layers carry the original's variable scopes in their names so that
 import keras
 import tensorflow as tf
 
+from madry_models.dtypes import logits_dtype
+
 WRN_32_10_FILTERS = (16, 160, 320, 640)  # the paper's "WRN 32-10"
 SMALL_FILTERS = (16, 16, 32, 64)  # quick CPU runs
 LEAKINESS = 0.1
@@ -194,8 +196,7 @@ class MadryResNet(keras.Model):
             activation=activation, name=f'unit_{stage + 1}_{i}'))
     self.final_bn = BatchNorm('final_bn')
     self.act = make_activation(activation)
-    # float32 logits whatever the dtype policy (under mixed precision: softmax and losses).
-    self.logits = keras.layers.Dense(num_classes, name='logit', dtype='float32')
+    self.logits = keras.layers.Dense(num_classes, name='logit', dtype=logits_dtype())
 
   def features(self, images, training=False, batch_statistics=False):
     """The globally pooled representation before the logit layer."""

@@ -209,7 +209,7 @@ class ReliabilityTest(tf.test.TestCase):
         # Flags the method would ignore.
         ('train_baseline', ('--method=finetune', '--source=s', f'--init_from={self.trained}',
                             '--optimizer=sgd'),
-         '--init_from, --optimizer are not used by --method=finetune'),
+         '--init_from', '--optimizer', 'are not used by --method=finetune'),
         ('train_baseline', ('--teacher_bn=batch',), '--teacher_bn is not used by --method=standard'),
         # XLA under several replicas (XLA cannot use another device's variables).
         ('train_baseline', ('--strategy=mirrored', '--cpu_replicas=2', '--jit_compile'),
