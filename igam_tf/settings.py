@@ -334,8 +334,31 @@ class FinetuneJob(Settings):
       self.learning_rate = 1e-3
 
 
+@dataclasses.dataclass(kw_only=True)
+class StudentJob(Settings):
+  """What a job that trains a student has, after its own options (keyword-only)."""
+  student: StudentSettings = group(StudentSettings, 'student_')
+  init_from: str = _init_from()
+  optimizer: OptimizerSettings = group(OptimizerSettings)
+  data: DataSettings = group(DataSettings)
+  run: RunSettings = group(RunSettings)
+
+  def input_gradients_taken_by(self):
+    """What of the job takes input gradients (refused under float16), or None."""
+    raise NotImplementedError
+
+  def __post_init__(self):
+    super().__post_init__()
+    self.optimizer = self.optimizer.resolved(self.student.architecture)
+    job = self.input_gradients_taken_by()
+    if job and self.run.mixed_precision == 'mixed_float16':
+      raise ValueError(f'--mixed_precision=mixed_float16 is for {_FLOAT16_JOBS}; {job} takes '
+                       f'input gradients, which float16 would need to scale on their own '
+                       f'(not done): use --mixed_precision=mixed_bfloat16')
+
+
 @dataclasses.dataclass
-class IGAMJob(Settings):
+class IGAMJob(StudentJob):
   """Section 4.2 (igam_tf.train_igam): a student trained with IGAM from a teacher."""
   teacher: str = option(None, 'A finetuned teacher folder (igam_tf.finetune_teacher), or '
                         'madry_mnist:PATH / madry_cifar10:PATH: a MadryLab-layout TF1 '
@@ -346,41 +369,19 @@ class IGAMJob(Settings):
                                   'channel_average,center_crop:28 (a teacher folder holds its '
                                   'own).')
   igam: IGAMSettings = group(IGAMSettings)
-  student: StudentSettings = group(StudentSettings, 'student_')
-  init_from: str = _init_from()
-  optimizer: OptimizerSettings = group(OptimizerSettings)
-  data: DataSettings = group(DataSettings)
-  run: RunSettings = group(RunSettings)
 
-  def __post_init__(self):
-    super().__post_init__()
-    self.optimizer = self.optimizer.resolved(self.student.architecture)
-    _check_float16(self.run, 'IGAM')
+  def input_gradients_taken_by(self):
+    return 'IGAM'
 
 
 @dataclasses.dataclass
-class BaselineJob(Settings):
+class BaselineJob(StudentJob):
   """A baseline student (igam_tf.train_baseline): standard, pgd_at or grad_norm."""
   method: str = option(None, 'The baseline.', choices=METHODS)
   baseline: BaselineSettings = group(BaselineSettings)
-  student: StudentSettings = group(StudentSettings, 'student_')
-  init_from: str = _init_from()
-  optimizer: OptimizerSettings = group(OptimizerSettings)
-  data: DataSettings = group(DataSettings)
-  run: RunSettings = group(RunSettings)
 
-  def __post_init__(self):
-    super().__post_init__()
-    self.optimizer = self.optimizer.resolved(self.student.architecture)
-    if self.method in ('pgd_at', 'grad_norm'):
-      _check_float16(self.run, f'--method={self.method}')
-
-
-def _check_float16(run, job):
-  if run.mixed_precision == 'mixed_float16':
-    raise ValueError(f'--mixed_precision=mixed_float16 is for {_FLOAT16_JOBS}; {job} takes '
-                     f'input gradients, which float16 would need to scale on their own (not '
-                     f'done): use --mixed_precision=mixed_bfloat16')
+  def input_gradients_taken_by(self):
+    return f'--method={self.method}' if self.method in ('pgd_at', 'grad_norm') else None
 
 
 def by_flag(settings):
