@@ -1,7 +1,8 @@
 """What each training job is told: one settings object per job, nested by concern.
 
-A job (`FinetuneJob`, `IGAMJob`, `BaselineJob`) is a dataclass of options and groups
-of options. Each option declares its command-line flag once, here: its help, choices
+A job (`FinetuneJob`, and `IGAMJob` and `BaselineJob`, which share `StudentJob`) is a
+dataclass of options and groups of options, each a `Settings` dataclass that checks its
+values when made. Each option declares its command-line flag once, here: its help, choices
 and bounds (`option`). A group's flags carry its prefix (`group`), so
 `IGAMJob.optimizer.learning_rate` is --learning_rate,
 `IGAMJob.igam.disc_optimizer.learning_rate` is --disc_learning_rate and
@@ -26,8 +27,8 @@ from igam_tf import teacher
 
 METHODS = ('standard', 'pgd_at', 'finetune', 'grad_norm')
 PRECISIONS = ('none', 'mixed_bfloat16', 'mixed_float16')
-# Jobs that take input gradients (double backpropagation, or PGD's attack gradients):
-# under float16 those would need a loss scaling of their own, which Keras does not do.
+# The jobs float16 is for: the others take input gradients (double backpropagation, or
+# PGD's attack gradients), which would need a loss scaling of their own under float16.
 _FLOAT16_JOBS = 'standard training and teacher finetuning'
 
 
@@ -54,7 +55,7 @@ def group(settings_class, prefix='', owner='the student', **defaults):
   """A nested group of settings: its flags are `prefix` + its options' names, with these
   defaults; `owner` fills its help texts."""
   return dataclasses.field(default_factory=lambda: settings_class(**defaults),
-                           metadata=dict(prefix=prefix, owner=owner, defaults=defaults))
+                           metadata=dict(prefix=prefix, owner=owner))
 
 
 class Settings:
