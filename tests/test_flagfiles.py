@@ -203,6 +203,10 @@ class FlagfileTest(tf.test.TestCase):
         argv.append('--student_filters=4,4,8,8')
       elif name == 'student_units_per_stage':
         argv.append('--student_units_per_stage=1')
+      elif name == 'init_from':
+        # Runs of one binary run side by side: the warm-up a run starts from may not be
+        # there yet (--init_from itself is tested in test_reliability and test_training).
+        argv.append('--init_from=')
       elif name in ('igam_start_step', 'penalty_start_step'):
         # The IGAM terms or the penalty from the first step: only their training step is
         # traced (the warm-up step before them is tested in test_igam and test_baselines).
@@ -216,7 +220,7 @@ class FlagfileTest(tf.test.TestCase):
       values, binary = read_flagfile(name)
       self.assertIn(binary, BINARY_ORDER, f'{name} has no "# Run: python -m igam_tf.X" line')
       self.assertIn('output_dir' if binary == 'demo' else 'model_dir', values, name)
-      for flag in ('teacher', 'source'):  # a trained input is some flagfile's output
+      for flag in ('teacher', 'source', 'init_from'):  # a trained input: a flagfile's output
         if values.get(flag, '').startswith('runs/'):
           self.assertIn(values[flag], [read_flagfile(n)[0].get('model_dir') for n in names],
                         f'{name}: no flagfile writes its --{flag}')
