@@ -24,7 +24,8 @@ def define_flags():
       lambda v: v['method'] == 'finetune' or not (v['source'] or v['transform']
                                                   or v['source_num_classes']),
       message='--source, --transform and --source_num_classes are for --method=finetune '
-              'only; the other methods train a student from scratch (leave them unset)')
+              'only; the other methods train a student of --student_architecture (leave them '
+              'unset)')
   flags.register_multi_flags_validator(
       ['method', 'source'], lambda v: v['method'] != 'finetune' or bool(v['source']),
       message='--method=finetune needs --source')
