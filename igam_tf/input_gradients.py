@@ -58,9 +58,10 @@ def finite_difference_weight_gradients(model_fn, variables, images, labels, grad
   x + h u / rms(u) (one more forward and backward pass, of `model_fn`) and at x
   (`objective_gradients`, which the training step has already). h = `step` is the
   root-mean-square pixel change on the [0, 1] scale. One direction for the whole batch,
-  so batch-coupled layers (BN on batch statistics) are differentiated as the exact
-  computation does. `model_fn` must not update BN's moving averages (they moved once,
-  in the pass at x).
+  so batch-coupled layers (BN on batch statistics) are differentiated whole: the true
+  derivative, where exact autodiff through tf.nn.moments stops the mean's gradient inside
+  the variance (tests/test_finite_difference.py). `model_fn` must not update BN's moving
+  averages (they moved once, in the pass at x).
   """
   labels = tf.cast(labels, tf.int32)
   # The RMS over the global batch (all replicas' shares), so that every replica steps
