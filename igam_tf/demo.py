@@ -175,9 +175,19 @@ def run_demo(demo, seed, root):
   run('grad_norm', demo.student_steps, settings.BaselineJob, method='grad_norm',
       baseline=settings.BaselineSettings(penalty_weight=demo.diff_weight), **students)
 
-  began = time.time()
   with strategy.scope():
     models = {name: model_io.load_model(f'{root}/{name}')[0] for name in MODELS}
+  # Every worker of a multi-worker run writes what follows; only the chief into root.
+  with distribution.writable_folder(root, strategy) as output:
+    markdown = _evaluate_and_report(demo, seed, models, output, strategy, timings, start)
+  distribution.barrier(strategy)  # the other workers read the chief's results next
+  return markdown
+
+
+def _evaluate_and_report(demo, seed, models, root, strategy, timings, start):
+  """The demo's models exported, attacked and checked, into `root`; returns the report
+  written there. `timings` (seconds) gains the evaluation's and the total since `start`."""
+  began, eps = time.time(), demo.epsilon
   for name, model in models.items():
     serving.export_classifier(model, f'{root}/{name}/saved_model', (28, 28, 1),
                               overwrite=True)
@@ -285,6 +295,9 @@ def run_seeds(demo, seeds):
       reports[seed] = json.load(report)
   summary = summarize_seeds(reports)
   markdown = seeds_markdown(summary, seeds)
+  strategy = distribution.get_strategy(demo.devices.strategy, demo.devices.cpu_replicas)
+  if not distribution.is_chief(strategy):  # the chief writes the summary
+    return markdown
   with open(os.path.join(root, 'results_over_seeds.json'), 'w') as out:
     json.dump({'seeds': seeds, 'summary': summary}, out, indent=2)
   with open(os.path.join(root, 'results_over_seeds.md'), 'w') as out:

@@ -2,7 +2,8 @@
 
 Every job builds its strategy here (`get_strategy`), first thing, before TensorFlow
 starts its devices: a host CPU split into logical devices (`--cpu_replicas`) must be
-configured before then. (multi_worker_mirrored is refused for now: see `get_strategy`.)
+configured before then, and MultiWorkerMirroredStrategy must connect its workers before
+anything runs.
 
 The jobs train the same under any number of replicas: losses are summed over each
 replica's share and divided by the global batch (gradients are summed across
@@ -10,11 +11,20 @@ replicas), BN layers that normalize with batch statistics are synchronized acros
 replicas (`synchronize_batch_norm`), and per-example randomness is drawn from each
 example's position in the global batch (`global_example_ids`), so N replicas with a
 global batch B give the weights one device gives with batch B.
+
+Under several workers (multi_worker_mirrored, the cluster in TF_CONFIG) every worker
+runs the same job on its share of each batch (`shard_by_data`) and takes part in every
+save, since reading a variable synchronized across replicas is a collective; but only
+the chief writes the run's files: the others write into a temporary folder that is
+removed after (`writable_folder`), and read the chief's.
 """
 
 import contextlib
+import shutil
+import tempfile
 
 import keras
+from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 import tensorflow as tf
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker_mirrored')
@@ -44,32 +54,125 @@ def get_strategy(name='default', cpu_replicas=1, devices=None):
   """The strategy `name` names, made once per process (jobs run in sequence share it).
 
   'default': one device. 'mirrored': every local GPU; without GPUs, every logical CPU
-  (`cpu_replicas` of them). 'multi_worker_mirrored' (the workers TF_CONFIG names) is
-  refused for now, with a ValueError saying why. `devices` (mirrored only) names the
-  devices.
+  (`cpu_replicas` of them). 'multi_worker_mirrored': every worker the TF_CONFIG
+  environment variable names (each with its local GPUs, or its CPU), the same program
+  started on each; without TF_CONFIG, this process alone. `devices` (mirrored only)
+  names the devices.
   """
   if name not in STRATEGIES:
     raise ValueError(f'--strategy must be one of {", ".join(STRATEGIES)}, got {name!r}')
-  if name == 'multi_worker_mirrored':
-    # Keras 3.15's fit fails under it (it reduces a structure of per-replica values to
-    # build the model, and concatenates scalar logs across workers), and nothing here
-    # yet keeps the other workers from writing, or gathers evaluation counts.
-    raise ValueError('--strategy=multi_worker_mirrored does not run yet (Keras\'s fit '
-                     'cannot train under MultiWorkerMirroredStrategy here, and only one '
-                     'process may write a run): use --strategy=mirrored for all GPUs of '
-                     'one machine')
+  if name == 'multi_worker_mirrored' and cpu_replicas != 1:
+    raise ValueError(f'--cpu_replicas={cpu_replicas} splits one machine\'s CPU for '
+                     f'--strategy=mirrored; under multi_worker_mirrored each worker is one '
+                     f'replica (or one per GPU): leave it at 1')
   key = (name, cpu_replicas, tuple(devices or ()))
   if key in _strategies:
     return _strategies[key]
   configure_cpu_replicas(cpu_replicas)
   if name == 'default':
     strategy = tf.distribute.get_strategy()
+  elif name == 'multi_worker_mirrored':
+    _let_keras_fit_under_multi_worker()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
   else:
     if devices is None and not tf.config.list_physical_devices('GPU'):
       devices = [device.name for device in tf.config.list_logical_devices('CPU')]
     strategy = tf.distribute.MirroredStrategy(devices)
   _strategies[key] = strategy
   return strategy
+
+
+def is_multi_worker(strategy):
+  """Whether `strategy` spans several processes."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return False
+  cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+  return sum(len(tasks) for tasks in cluster.values()) > 1
+
+
+def is_chief(strategy):
+  """Whether this process writes the run's files: always, except on a worker of a
+  multi-worker `strategy` other than its chief (TF_CONFIG's 'chief' task, else worker 0)."""
+  if not is_multi_worker(strategy):
+    return True
+  resolver = strategy.cluster_resolver
+  if resolver.task_type == 'chief':
+    return True
+  has_chief = 'chief' in resolver.cluster_spec().as_dict()
+  return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
+
+
+@contextlib.contextmanager
+def writable_folder(folder, strategy):
+  """Yields where this process writes what belongs in `folder`: `folder` itself on the
+  chief; on any other worker, a temporary folder, removed after. Every worker must
+  still write (a save reads variables synchronized across replicas, a collective)."""
+  if is_chief(strategy):
+    yield folder
+    return
+  temporary = tempfile.mkdtemp(prefix='igam_tf_worker_')
+  try:
+    yield temporary
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
+
+
+def barrier(strategy):
+  """Returns once every worker of `strategy` has called it (a one-number all-reduce):
+  after the chief writes a file the others read next. Nothing to wait for in one
+  process."""
+  if is_multi_worker(strategy):
+    one = strategy.run(lambda: tf.ones([]))
+    strategy.reduce(tf.distribute.ReduceOp.SUM, one, axis=None)
+
+
+def shard_by_data(dataset):
+  """`dataset`, set to be split over workers by its batches' examples (each worker keeps
+  its share of every global batch), whatever its source: in-memory arrays, as here,
+  have no files for TF's default policy to split by."""
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return dataset.with_options(options)
+
+
+def _let_keras_fit_under_multi_worker():
+  """Works around Keras 3's `fit` under MultiWorkerMirroredStrategy
+  (keras-team/keras#20585), in two places, each to what it does under MirroredStrategy:
+
+  - to build the model, it averages the first batch over replicas with one
+    `strategy.reduce` of the (images, labels) structure, which the multi-worker
+    strategy cannot reduce: this worker's first batch builds it instead (its shape
+    is all that counts; our models are built before `fit` anyway);
+  - it averages each step's logs over replicas along axis 0, which scalar logs do not
+    have: scalars are averaged as they are.
+  """
+  trainer = keras_tf_trainer.TensorFlowTrainer
+  if getattr(trainer, '_igam_multi_worker', False):
+    return
+  build, reduce_per_replica = trainer._maybe_symbolic_build, keras_tf_trainer.reduce_per_replica  # pylint: disable=protected-access
+  multi_worker = keras_tf_trainer._collective_all_reduce_multi_worker  # Keras's own test  # pylint: disable=protected-access
+
+  def build_from_local_batch(self, iterator=None, data_batch=None):
+    strategy = self.distribute_strategy
+    if iterator is not None and data_batch is None and multi_worker(strategy):
+      for _, _, batches in iterator:
+        data_batch = tf.nest.map_structure(
+            lambda value: strategy.experimental_local_results(value)[0], next(batches))
+        break
+      iterator = None
+    return build(self, iterator=iterator, data_batch=data_batch)
+
+  def reduce_scalars_too(values, strategy, reduction):
+    if reduction in ('auto', 'mean') and multi_worker(strategy):
+      return tf.nest.map_structure(
+          lambda value: strategy.reduce(tf.distribute.ReduceOp.MEAN, value,
+                                        axis=None if value.shape.rank == 0 else 0), values)
+    return reduce_per_replica(values, strategy, reduction)
+
+  trainer._maybe_symbolic_build = build_from_local_batch  # pylint: disable=protected-access
+  keras_tf_trainer.reduce_per_replica = reduce_scalars_too
+  trainer._igam_multi_worker = True  # pylint: disable=protected-access
 
 
 def synchronize_batch_norm(model, strategy=None):

@@ -205,6 +205,7 @@ def run_evaluation(f):
   settings = _settings(f, examples, eps, step_size, l2_eps, large_eps, sources=sources,
                        masking_examples=masking_examples)
 
+  writes = f.output and distribution.is_chief(strategy)  # one worker of several writes
   order = names if 'clean' in names else ['clean'] + names
   print(f'Evaluating {len(models)} model(s) on {examples} examples of {f.dataset}:{f.split}, '
         f'L-inf eps {eps:.6g} (step {step_size:.6g}), {f.restarts} restart(s); attacks in '
@@ -231,7 +232,7 @@ def run_evaluation(f):
             batch_size=f.batch_size)
     except attacks.AttackError as e:
       raise ValueError(f'{name}: {e}') from e
-    if f.output and i < len(models):  # the models done so far survive a later failure
+    if writes and i < len(models):  # the models done so far survive a later failure
       _write_output(f, settings, accuracies, autoattack_runs, reports, quiet=True)
 
   evaluated = evaluation.Evaluation(accuracies, autoattack_runs)
@@ -243,7 +244,7 @@ def run_evaluation(f):
           'after each; each attacks only the points the earlier ones left):')
     print(evaluation.autoattack_table(autoattack_runs))
   _print_findings(reports, evaluated.warnings)
-  if f.output:
+  if writes:
     _write_output(f, settings, accuracies, autoattack_runs, reports)
   return table
 

@@ -41,15 +41,17 @@ def load_training_data(data_settings):
                                   data_dir=data_settings.data_dir,
                                   image_size=data_settings.image_size, classes=classes)
   _check_trainable(train_split, data_settings)
-  stream = data.restartable(lambda: data.make_pipeline(
+  # Each worker of a multi-worker run builds the whole stream and keeps its share.
+  stream = distribution.shard_by_data(data.restartable(lambda: data.make_pipeline(
       train_split, data_settings.batch_size, training=True, augment=data_settings.augment,
-      pixel_noise=data_settings.pixel_noise, seed=data_settings.seed).repeat())
+      pixel_noise=data_settings.pixel_noise, seed=data_settings.seed).repeat()))
   validation = None
   if data_settings.validation_split:
     split = data.load_dataset(data_settings.dataset, data_settings.validation_split,
                               data_dir=data_settings.data_dir,
                               image_size=data_settings.image_size, classes=classes)
-    validation = data.make_pipeline(split, data_settings.batch_size, training=False)
+    validation = distribution.shard_by_data(
+        data.make_pipeline(split, data_settings.batch_size, training=False))
   return train_split, stream, validation
 
 
@@ -103,6 +105,14 @@ def _train(model, stream, validation, job, gradient_models):
                         resume_with_changes=tuple(run.resume_with_changes))
 
 
+def _save_model(model_dir, model, spec, strategy):
+  """`model_io.save_model`, by every worker of a multi-worker run, the chief into
+  `model_dir`; returns once it is there (the other workers may read it next)."""
+  with distribution.writable_folder(model_dir, strategy) as folder:
+    model_io.save_model(folder, model, spec)
+  distribution.barrier(strategy)
+
+
 def _in_precision(job_function):
   """Runs a job with the Keras dtype policy its --mixed_precision names (the models built
   under it compute in 16 bits and keep float32 weights), and float32 after."""
@@ -137,7 +147,7 @@ def finetune_teacher(job):
                   jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
   _train(model, stream, validation, job, {'teacher': teacher})
-  model_io.save_model(job.run.model_dir, teacher, spec)
+  _save_model(job.run.model_dir, teacher, spec, strategy)
   return teacher
 
 
@@ -173,7 +183,7 @@ def train_igam(job):
                   jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
   _train(model, stream, validation, job, {'student': student, 'teacher': teacher})
-  model_io.save_model(job.run.model_dir, student, student_spec)
+  _save_model(job.run.model_dir, student, student_spec, strategy)
   return student
 
 
@@ -207,7 +217,7 @@ def train_baseline(job):
     model.compile(optimizer=job.optimizer.build(), jit_compile=job.run.jit_compile)
     distribution.synchronize_batch_norm(model, strategy)
   _train(model, stream, validation, job, {method: classifier})
-  model_io.save_model(job.run.model_dir, classifier, student_spec)
+  _save_model(job.run.model_dir, classifier, student_spec, strategy)
   return classifier
 
 

@@ -171,9 +171,11 @@ class DeviceSettings(Settings):
   """Where a job runs: one device, or the replicas of a tf.distribute strategy."""
   strategy: str = option('default', 'default: one device; mirrored: all local GPUs (without '
                          'GPUs, --cpu_replicas logical CPUs), each batch split over them; '
-                         'multi_worker_mirrored: several machines, refused for now (see '
-                         'README). Results are those of one device with the same '
-                         '--batch_size.', choices=distribution.STRATEGIES)
+                         'multi_worker_mirrored: the workers the TF_CONFIG environment '
+                         'variable names, the same command started on each (the chief alone '
+                         'writes; --model_dir on a filesystem all of them see). Results are '
+                         'those of one device with the same --batch_size.',
+                         choices=distribution.STRATEGIES)
   cpu_replicas: int = option(1, 'Split the host CPU into this many logical devices, the '
                              'replicas of --strategy=mirrored on a machine without GPUs (to '
                              'try the distributed path on a laptop or CI).', lower_bound=1)

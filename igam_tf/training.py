@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from igam_tf import distribution
 from igam_tf.input_gradients import input_gradients
 
 CHECKPOINTS, LOGS = 'checkpoints', 'logs'
@@ -378,7 +379,8 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
   if validation is not None:
     images, labels = next(iter(validation.take(1)))
     images, labels = images.numpy()[:8], labels.numpy()[:8]
-  if run_config is not None:  # the run starts: its settings are recorded
+  strategy = model.distribute_strategy
+  if run_config is not None and distribution.is_chief(strategy):  # the run starts
     record_run_config(model_dir, run_config, changes, step=done)
     for name, old, new in changes:
       logging.warning('Resuming at step %d with %s changed from %r to %r (recorded in %s)',
@@ -396,14 +398,20 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
   if model.steps_per_execution != steps_per_call:
     model.steps_per_execution, model.train_function = steps_per_call, None
   nan_guard = _StopOnNaN()
-  saver = _CheckpointEveryEpoch(manager, nan_guard, last_saved=restored)
-  callbacks = [nan_guard, saver,
-               _Summaries(os.path.join(model_dir, LOGS), summary_every,
-                          gradient_models or {}, images, labels)]
-  history = model.fit(dataset.skip(done), epochs=total_steps // checkpoint_every,
-                      initial_epoch=done // checkpoint_every, steps_per_epoch=checkpoint_every,
-                      validation_data=validation, callbacks=callbacks, verbose=verbose,
-                      shuffle=False)  # the stream is shuffled by the data pipeline
+  # Every worker of a multi-worker run saves; only the chief into model_dir.
+  with distribution.writable_folder(model_dir, strategy) as output_dir:
+    if output_dir != model_dir:
+      manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, CHECKPOINTS),
+                                           max_to_keep=1)
+    saver = _CheckpointEveryEpoch(manager, nan_guard, last_saved=restored)
+    callbacks = [nan_guard, saver,
+                 _Summaries(os.path.join(output_dir, LOGS), summary_every,
+                            gradient_models or {}, images, labels)]
+    history = model.fit(dataset.skip(done), epochs=total_steps // checkpoint_every,
+                        initial_epoch=done // checkpoint_every,
+                        steps_per_epoch=checkpoint_every, validation_data=validation,
+                        callbacks=callbacks, verbose=verbose,
+                        shuffle=False)  # the stream is shuffled by the data pipeline
   if nan_guard.bad_step is not None:
     if saver.last_saved or not _only_a_failed_start(model_dir):
       advice = ('rerun with --resume_with_changes naming them (e.g. '

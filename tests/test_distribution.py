@@ -128,8 +128,8 @@ class DistributionTest(tf.test.TestCase):
       distribution.get_strategy('tpu')
     with self.assertRaisesRegex(ValueError, '--cpu_replicas must be at least 1'):
       distribution.configure_cpu_replicas(0)
-    with self.assertRaisesRegex(ValueError, 'multi_worker_mirrored does not run yet'):
-      distribution.get_strategy('multi_worker_mirrored')
+    with self.assertRaisesRegex(ValueError, '--cpu_replicas=2 splits one machine'):
+      distribution.get_strategy('multi_worker_mirrored', cpu_replicas=2)
 
   def test_training_stream_restarts_the_same(self):
     # Keras iterates a distributed dataset once before training: every iterator over the

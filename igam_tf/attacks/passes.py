@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from igam_tf import distribution
 from igam_tf.attacks import ops
 
 
@@ -84,19 +85,28 @@ def dataset_pass(replica_fn, batches, strategy, eps, norm='linf', progress=True,
     AttackError: an adversarial example outside the threat model.
   """
 
+  flags = set()  # the boolean outputs: collectives gather numbers, so they go as int32
+
+  def numeric_replica_fn(*batch):
+    outputs = replica_fn(*batch)
+    flags.update(key for key, value in outputs.items() if value.dtype == tf.bool)
+    return {key: tf.cast(value, tf.int32) if key in flags else value
+            for key, value in outputs.items()}
+
   @tf.function
   def run_batch(batch):
-    return strategy.run(replica_fn, args=batch)
+    outputs = strategy.run(numeric_replica_fn, args=batch)
+    # Every replica's outputs, on every worker of a multi-worker run too.
+    return {key: strategy.gather(value, axis=0) for key, value in outputs.items()}
 
   num_batches = int(batches.cardinality())
   bar = keras.utils.Progbar(num_batches if num_batches >= 0 else None, unit_name='batch',
                             verbose=1 if progress else 0, stateful_metrics=[metric])
   collected = {}
   num_correct = num_seen = done = 0
-  for batch in strategy.experimental_distribute_dataset(batches):
+  for batch in strategy.experimental_distribute_dataset(distribution.shard_by_data(batches)):
     done += 1
-    outputs = {key: np.concatenate([np.asarray(t) for t in
-                                    strategy.experimental_local_results(value)])
+    outputs = {key: value.numpy().astype(bool) if key in flags else value.numpy()
                for key, value in run_batch(batch).items()}
     images = outputs.pop('images', None)
     if 'adversarial' in outputs:
