@@ -4,6 +4,12 @@ that serves with no project code.
   python -m igam_tf.export --model=madry_cifar10 \
       --checkpoint=models/adv_trained --export_dir=/tmp/madry_cifar10
   python -m igam_tf.export --model=trained --model_dir=runs/igam --export_dir=/tmp/igam
+  python -m igam_tf.export --model=trained --model_dir=runs/real_data/mnist_teacher \
+      --format=madry_checkpoint --export_dir=models/mnist_teacher
+
+--format=madry_checkpoint writes a trained madry_mnist or madry_resnet model as MadryLab's
+TF1 code saves one (the original variable names): it loads wherever their release does
+(--teacher=madry_mnist:DIR, --source=..., evaluate --checkpoint=..., their own code).
 
 --checkpoint is a folder with a `checkpoint` index file (as in the release zips)
 or a prefix such as models/adv_trained/checkpoint-70000. The architecture's
@@ -13,6 +19,7 @@ checkpoint unless given. The SavedModel's signatures, `serving_default` and
 `saved_model_cli show --dir EXPORT_DIR --all`.
 """
 
+import json
 import os
 import sys
 
@@ -26,6 +33,7 @@ from igam_tf import serving
 import madry_models
 
 MODELS = ('madry_mnist', 'madry_cifar10', 'trained')
+FORMATS = ('saved_model', 'madry_checkpoint')
 
 
 def define_flags():
@@ -41,6 +49,9 @@ def define_flags():
   flags.DEFINE_integer('units_per_stage', None, 'madry_cifar10 only: residual units per '
                        'stage. Unset: read from the checkpoint.', lower_bound=1)
   flags.DEFINE_bool('overwrite', False, 'Replace an existing non-empty --export_dir.')
+  flags.DEFINE_enum('format', 'saved_model', FORMATS, 'saved_model: a SavedModel for serving; '
+                    'madry_checkpoint (--model=trained, a madry_mnist or madry_resnet model): '
+                    'a TF1 checkpoint in MadryLab\'s layout.')
   flags.mark_flags_as_required(['model', 'export_dir'])
   flags.register_validator('filters', lambda value: value is None or all(
       v.strip().isdigit() for v in value), message='--filters takes comma-separated integers')
@@ -85,6 +96,12 @@ def main(argv):
   except ValueError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
+  if f.format == 'madry_checkpoint':
+    if f.model != 'trained':
+      print(f'ERROR: --format=madry_checkpoint writes a model this project trained '
+            f'(--model=trained); --model={f.model} is one already', file=sys.stderr)
+      return 1
+    return export_madry_checkpoint(f.model_dir, f.export_dir)
   if f.model == 'trained':
     return export_trained(f.model_dir, f.export_dir, f.overwrite)
   filters = tuple(int(v) for v in f.filters) if f.filters else None
@@ -122,6 +139,34 @@ def export_trained(model_dir, export_dir, overwrite):
   print(f'Wrote a SavedModel to {export_dir} with signatures:')
   print(serving.describe_signatures(export_dir))
   return 0
+
+
+def export_madry_checkpoint(model_dir, export_dir):
+  try:
+    model, spec = model_io.load_model(model_dir)
+  except model_io.ModelError as e:
+    print(f'ERROR: cannot load --model_dir={model_dir}: {e}', file=sys.stderr)
+    return 1
+  described = f'{spec.get("architecture", spec["kind"])}, {spec["num_classes"]} classes'
+  try:
+    prefix = madry_models.save_tf1_checkpoint(model, export_dir, _trained_steps(model_dir))
+  except (TypeError, ValueError) as e:
+    print(f'ERROR: --format=madry_checkpoint: --model_dir={model_dir} ({described}): {e}',
+          file=sys.stderr)
+    return 1
+  print(f'Loaded {model_dir} ({described}).')
+  print(f'Wrote a TF1 checkpoint in MadryLab\'s layout: {prefix}')
+  return 0
+
+
+def _trained_steps(model_dir):
+  """The steps the run in `model_dir` trained for, as its run_config.json says (0 if
+  it says nothing): the checkpoint's global_step."""
+  try:
+    with open(os.path.join(model_dir, 'run_config.json')) as f:
+      return int(json.load(f).get('train_steps', 0))
+  except (OSError, ValueError):
+    return 0
 
 
 def run():

@@ -8,6 +8,7 @@ from madry_models.checkpoints import load_madry_mnist
 from madry_models.checkpoints import load_madry_resnet
 from madry_models.checkpoints import load_tf1_checkpoint
 from madry_models.checkpoints import resolve_checkpoint
+from madry_models.checkpoints import save_tf1_checkpoint
 from madry_models.dtypes import logits_dtype
 from madry_models.mnist import MadryMNIST
 from madry_models.resnet import INPUT_NORMALIZATIONS

@@ -1,4 +1,5 @@
-"""Reads MadryLab's TF1 checkpoints, by variable name, into the Keras models.
+"""Reads MadryLab's TF1 checkpoints, by variable name, into the Keras models, and
+writes a model as one (`save_tf1_checkpoint`).
 
 A checkpoint path is either a folder (the newest checkpoint named by its
 `checkpoint` index file, whose paths may be relative as in the released zips, or
@@ -7,6 +8,7 @@ slots and `global_step` are ignored. Every check runs before any weight is
 assigned, so a failed load leaves the model as it was.
 """
 
+import inspect
 import os
 import re
 
@@ -138,6 +140,38 @@ def load_tf1_checkpoint(model, path):
   for name, variable in names.items():
     variable.assign(values[name].astype(np.float32))
   return prefix
+
+
+def save_tf1_checkpoint(model, folder, global_step=0):
+  """Writes `model` (MadryMNIST or MadryResNet) as MadryLab's code saves one: the TF1
+  checkpoint `folder/checkpoint-<global_step>` under the original variable names, with
+  `global_step`, and the folder's `checkpoint` index naming it. `load_tf1_checkpoint`,
+  the original TF1 code and the IGAM authors' code read it. Returns the prefix."""
+  if not isinstance(model, (MadryMNIST, MadryResNet)):
+    raise TypeError(f'{type(model).__name__} has no MadryLab TF1 layout.')
+  # The TF1 graphs compute with these; other choices would load as another function.
+  defaults = inspect.signature(type(model).__init__).parameters
+  originals = {name: defaults[name].default for name in ('activation', 'input_normalization')
+               if name in defaults}
+  changed = [f'{name}={getattr(model, name)!r} (the original: {value!r})'
+             for name, value in originals.items() if getattr(model, name) != value]
+  if changed:
+    raise ValueError(f'{model.name} computes with {", ".join(changed)}: MadryLab\'s TF1 '
+                     f'code would read its weights as another model.')
+  values = {name: np.asarray(variable.numpy(), np.float32)
+            for name, variable in model.tf1_variables().items()}
+  os.makedirs(folder, exist_ok=True)
+  graph = tf.Graph()
+  with graph.as_default():
+    variables = [tf.compat.v1.Variable(value, name=name) for name, value in values.items()]
+    step = tf.compat.v1.Variable(global_step, name='global_step', dtype=tf.int64,
+                                 trainable=False)
+    assert [v.op.name for v in variables] == list(values), 'TF1 renamed a variable'
+    saver = tf.compat.v1.train.Saver(variables + [step], save_relative_paths=True)
+    with tf.compat.v1.Session(graph=graph) as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      return saver.save(session, os.path.join(folder, 'checkpoint'), global_step=global_step,
+                        write_meta_graph=False)
 
 
 def resnet_config(shapes):

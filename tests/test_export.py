@@ -360,6 +360,42 @@ class ExportBinaryTest(tf.test.TestCase):
     self.assertEqual(result.returncode, 1)
     self.assertIn('is not a trained model folder', result.stderr)
 
+  def test_trained_model_as_a_madry_checkpoint(self):
+    # What the original TF1 graph computes from the written checkpoint is the model.
+    folder = new_folder(self)
+    spec = model_io.classifier_spec('madry_mnist', 10, (28, 28, 1))
+    model = model_io.build_model(spec)
+    model_io.save_model(os.path.join(folder, 'trained'), model, spec)
+    export_dir = os.path.join(folder, 'madry')
+    stdout = check(self.export('--model=trained', f'--model_dir={folder}/trained',
+                               '--format=madry_checkpoint', f'--export_dir={export_dir}')).stdout
+    self.assertIn(f'Wrote a TF1 checkpoint in MadryLab\'s layout: {export_dir}/checkpoint-0',
+                  stdout)
+    images = np.random.RandomState(0).rand(3, 28, 28, 1).astype(np.float32)
+    self.assertAllClose(tf1_reference.mnist_logits_of_checkpoint(
+        f'{export_dir}/checkpoint-0', images), model(images), rtol=1e-5, atol=1e-5)
+    # The folder moves with its index (relative paths, as in the release zips).
+    os.rename(export_dir, f'{folder}/moved')
+    reloaded = madry_models.load_madry_mnist(f'{folder}/moved')
+    self.assertAllClose(reloaded(images), model(images), rtol=1e-6, atol=1e-6)
+
+    # Models the TF1 code would read as another function are refused, naming why.
+    other = model_io.classifier_spec('madry_resnet', 4, (12, 12, 3), activation='gelu',
+                                     filters=(4, 4, 8, 8), units_per_stage=1)
+    model_io.save_model(f'{folder}/gelu', model_io.build_model(other), other)
+    cnn = model_io.classifier_spec('simple_cnn', 4, (12, 12, 3))
+    model_io.save_model(f'{folder}/cnn', model_io.build_model(cnn), cnn)
+    for flags, message in (
+        (['--model=trained', f'--model_dir={folder}/gelu'], "activation='gelu' (the original: "
+                                                            "'leaky_relu')"),
+        (['--model=trained', f'--model_dir={folder}/cnn'], 'has no MadryLab TF1 layout'),
+        (['--model=madry_mnist', f'--checkpoint={folder}/moved'], 'is one already')):
+      result = self.export(*flags, '--format=madry_checkpoint', f'--export_dir={folder}/out')
+      self.assertEqual(result.returncode, 1, result.stderr)
+      self.assertIn(message, result.stderr)
+      self.assertNotIn('Traceback', result.stderr)
+      self.assertFalse(os.path.exists(f'{folder}/out'))
+
   def test_bad_checkpoint_fails_clearly(self):
     folder = new_folder(self)
     export_dir = os.path.join(folder, 'export')

@@ -266,6 +266,18 @@ def _build_mnist_graph(finetuned_classes):
   return x_input, y_input, logits, loss
 
 
+def mnist_logits_of_checkpoint(prefix, images):
+  """The logits the original TF1 MNIST graph computes on `images` [N, 28, 28, 1] with the
+  weights of checkpoint `prefix`, restored by the original variable names."""
+  graph = tf.Graph()
+  with graph.as_default():
+    x_input, _, logits, _ = _build_mnist_graph(None)
+    saver = v1.train.Saver()
+    with v1.Session(graph=graph, config=_session_config()) as sess:
+      saver.restore(sess, prefix)
+      return sess.run(logits, {x_input: images.reshape(len(images), 784)})
+
+
 def build_madry_mnist_checkpoint(folder, step=99900, seed=0, batch_size=4, meta_graph=None,
                                  finetuned_classes=None):
   """Writes a Madry MNIST checkpoint; returns (prefix, images, logits).
