@@ -20,9 +20,12 @@ removed after (`writable_folder`), and read the chief's.
 """
 
 import contextlib
+import json
+import os
 import shutil
 import tempfile
 
+from absl import logging
 import keras
 from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 import tensorflow as tf
@@ -72,6 +75,12 @@ def get_strategy(name='default', cpu_replicas=1, devices=None):
   if name == 'default':
     strategy = tf.distribute.get_strategy()
   elif name == 'multi_worker_mirrored':
+    _check_tf_config()
+    if os.environ.get('TF_CONFIG'):  # it waits for every worker to start: say so
+      config = json.loads(os.environ['TF_CONFIG'])
+      workers = sum(len(tasks) for tasks in config['cluster'].values())
+      logging.info('%s %d of TF_CONFIG\'s %d workers: waiting for all of them to connect',
+                   config['task']['type'], config['task']['index'], workers)
     _let_keras_fit_under_multi_worker()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
   else:
@@ -80,6 +89,28 @@ def get_strategy(name='default', cpu_replicas=1, devices=None):
     strategy = tf.distribute.MirroredStrategy(devices)
   _strategies[key] = strategy
   return strategy
+
+
+def _check_tf_config():
+  """Raises ValueError, naming TF_CONFIG, if it is set but does not name a cluster and
+  this process's task in it (TensorFlow's own errors do not say where the JSON was)."""
+  text = os.environ.get('TF_CONFIG')
+  if not text:
+    return  # one worker: this process alone
+  try:
+    config = json.loads(text)
+  except ValueError as e:
+    raise ValueError(f'The TF_CONFIG environment variable is not valid JSON ({e}): '
+                     f'{text[:200]}') from None
+  task = config.get('task') if isinstance(config, dict) else None
+  cluster = config.get('cluster') if isinstance(config, dict) else None
+  if (not isinstance(cluster, dict) or not isinstance(task, dict)
+      or task.get('type') not in cluster or not isinstance(task.get('index'), int)
+      or not 0 <= task['index'] < len(cluster[task['type']])):
+    raise ValueError('The TF_CONFIG environment variable must name the cluster and this '
+                     'process\'s task in it, e.g. {"cluster": {"worker": ["host1:12345", '
+                     '"host2:12345"]}, "task": {"type": "worker", "index": 0}}; got '
+                     f'{text[:200]}')
 
 
 def is_multi_worker(strategy):

@@ -8,12 +8,14 @@ skips it; it is left out so that skips in the summary mean something."""
 
 # Seconds each took here (two workers, 2 cores), slowest first; the rest keep their order.
 SLOWEST_FIRST = (
+    'test_multi_worker.py::TwoWorkersTest',  # 150 alone
     'test_readme_commands.py::ReadmeCommandsTest',  # 114
     'test_reliability.py::ReliabilityTest',  # 110
     'test_evaluate.py::EvaluateBinaryTest',  # 100
     'test_flagfiles.py::FlagfileTest',  # 75
     'test_autoattack.py::DigitsModelTest',  # 70
     'test_export.py::ExportBinaryTest',  # 60
+    'test_interruptions.py::KilledAndStartedAgainTest',  # 60 alone
     'test_demo.py::DemoSeedsTest',  # 48
     'test_distribution.py::JobsOnTwoReplicasTest',  # 34
 )

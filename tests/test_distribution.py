@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -130,6 +131,18 @@ class DistributionTest(tf.test.TestCase):
       distribution.configure_cpu_replicas(0)
     with self.assertRaisesRegex(ValueError, '--cpu_replicas=2 splits one machine'):
       distribution.get_strategy('multi_worker_mirrored', cpu_replicas=2)
+
+  def test_a_bad_tf_config_is_named(self):
+    for tf_config, message in (
+        ('{"cluster": ', 'TF_CONFIG environment variable is not valid JSON'),
+        ('{"task": {"type": "worker", "index": 0}}', 'must name the cluster'),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+         'must name the cluster'),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+         'must name the cluster')):
+      with mock.patch.dict(os.environ, {'TF_CONFIG': tf_config}):
+        with self.assertRaisesRegex(ValueError, message):
+          distribution.get_strategy('multi_worker_mirrored')
 
   def test_training_stream_restarts_the_same(self):
     # Keras iterates a distributed dataset once before training: every iterator over the

@@ -1,7 +1,6 @@
 """MadryMNIST reproduces the original TF1 graph's logits from its checkpoints."""
 
 import os
-import unittest
 
 import numpy as np
 import tensorflow as tf
@@ -10,13 +9,11 @@ import madry_models
 from madry_models import checkpoints
 from tests import tf1_reference
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The genuine release's graph and variable index (no weights), kept outside the repo.
-_RELEASE = os.path.normpath(
-    os.path.join(_REPO, '..', 'shared', 'reference', 'madry_mnist_adv_trained'))
+# The genuine release's graph and variable index (no weights; see its README.md).
+_RELEASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                        'madry_mnist_adv_trained')
 _RELEASE_META = os.path.join(_RELEASE, 'checkpoint-99900.meta')
 _RELEASE_PREFIX = os.path.join(_RELEASE, 'checkpoint-99900')
-_NO_RELEASE = f'the genuine MNIST release graph is not at {_RELEASE_META}'
 _TOLERANCE = 1e-4
 
 
@@ -30,7 +27,6 @@ class MadryMnistCheckpointTest(tf.test.TestCase):
   def _assert_same_logits(self, model, images, expected):
     self.assertLessEqual(tf1_reference.relative_error(model(images), expected), _TOLERANCE)
 
-  @unittest.skipUnless(os.path.exists(_RELEASE_META), _NO_RELEASE)
   def test_genuine_release_graph(self):
     folder, prefix, images, logits = self._build(meta_graph=_RELEASE_META)
     self.assertEqual(prefix, os.path.join(folder, 'checkpoint-99900'))
@@ -41,7 +37,6 @@ class MadryMnistCheckpointTest(tf.test.TestCase):
     self.assertEqual(model.num_classes, 10)
     self._assert_same_logits(model, images, logits)
 
-  @unittest.skipUnless(os.path.exists(_RELEASE_META), _NO_RELEASE)
   def test_model_names_every_release_variable_with_its_shape(self):
     _, release_shapes = checkpoints.read_variables(_RELEASE_PREFIX)
     model = madry_models.MadryMNIST()
@@ -49,7 +44,6 @@ class MadryMnistCheckpointTest(tf.test.TestCase):
     ours = {name: tuple(v.shape) for name, v in model.tf1_variables().items()}
     self.assertEqual(ours, release_shapes)
 
-  @unittest.skipUnless(os.path.exists(_RELEASE_META), _NO_RELEASE)
   def test_rebuilt_graph_saves_the_release_variables(self):
     _, prefix, _, _ = self._build()
     self.assertEqual(tf.train.list_variables(prefix), tf.train.list_variables(_RELEASE_PREFIX))

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from igam_tf import distribution
 from igam_tf.attacks import ops
 
 
@@ -104,7 +103,11 @@ def dataset_pass(replica_fn, batches, strategy, eps, norm='linf', progress=True,
                             verbose=1 if progress else 0, stateful_metrics=[metric])
   collected = {}
   num_correct = num_seen = done = 0
-  for batch in strategy.experimental_distribute_dataset(distribution.shard_by_data(batches)):
+  # Each worker of a multi-worker strategy takes its share of every batch (by examples:
+  # in-memory arrays have no files to split by).
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  for batch in strategy.experimental_distribute_dataset(batches.with_options(options)):
     done += 1
     outputs = {key: value.numpy().astype(bool) if key in flags else value.numpy()
                for key, value in run_batch(batch).items()}
