@@ -22,6 +22,7 @@ from igam_tf import distribution
 from igam_tf import experiments
 from igam_tf import model_io
 from igam_tf import settings
+from tests import teacher_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,16 +162,9 @@ class BinariesTest(tf.test.TestCase):
   def test_train_igam_mirrored_with_disc_every_5(self):
     # The paper's flagfiles set --disc_every=5; the teacher is made here on one device.
     root = tempfile.mkdtemp()
-    data = settings.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
-                                 validation_split='')
-    experiments.train_baseline(settings.BaselineJob(
-        'standard', student=settings.StudentSettings('simple_cnn', filters=(4, 8)),
-        optimizer=settings.OptimizerSettings('momentum', 0.05), data=data,
-        run=settings.RunSettings(f'{root}/source', 2, 2, verbose=0)))
-    experiments.finetune_teacher(settings.FinetuneJob(
-        f'{root}/source', data=data, run=settings.RunSettings(f'{root}/teacher', 2, 2, verbose=0)))
+    teacher = teacher_fixtures.make_teacher(root)
     completed = subprocess.run(
-        [sys.executable, '-m', 'igam_tf.train_igam', f'--teacher={root}/teacher',
+        [sys.executable, '-m', 'igam_tf.train_igam', f'--teacher={teacher}',
          '--dataset=digits', '--classes=0,1,2', '--student_architecture=simple_cnn',
          '--student_filters=4,8', '--disc_blocks=2', '--disc_filters=4', '--disc_every=5',
          '--train_steps=10', '--checkpoint_every=5', '--batch_size=16',

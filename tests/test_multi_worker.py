@@ -16,6 +16,7 @@ import tensorflow as tf
 from igam_tf import experiments
 from igam_tf import model_io
 from igam_tf import settings
+from tests import teacher_fixtures
 from tests import worker_processes
 
 REPO = worker_processes.REPO
@@ -80,16 +81,8 @@ class TwoWorkersTest(tf.test.TestCase):
   def test_igam_with_disc_every_5_on_two_workers(self):
     # The paper's flagfiles set --disc_every=5: 6 steps take the discriminator step at 5.
     root = tempfile.mkdtemp()
-    data = settings.DataSettings('digits', classes=(0, 1, 2), batch_size=16,
-                                 validation_split='')
-    experiments.train_baseline(settings.BaselineJob(
-        'standard', student=settings.StudentSettings('simple_cnn', filters=(4, 8)),
-        optimizer=settings.OptimizerSettings('momentum', 0.05), data=data,
-        run=settings.RunSettings(f'{root}/source', 4, 4, verbose=0)))
-    experiments.finetune_teacher(settings.FinetuneJob(
-        f'{root}/source', data=data,
-        run=settings.RunSettings(f'{root}/teacher', 2, 2, verbose=0)))
-    igam = [f'--teacher={root}/teacher', '--dataset=digits', '--classes=0,1,2',
+    teacher = teacher_fixtures.make_teacher(root)
+    igam = [f'--teacher={teacher}', '--dataset=digits', '--classes=0,1,2',
             '--student_architecture=simple_cnn', '--student_filters=4,8', '--optimizer=momentum',
             '--learning_rate=0.05', '--disc_blocks=2', '--disc_filters=4', '--disc_every=5',
             '--diff_weight=1000', '--train_steps=6', '--checkpoint_every=3', '--batch_size=16',
