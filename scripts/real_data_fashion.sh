@@ -38,6 +38,15 @@ for source in mnist_teacher mnist_standard; do
   fi
 done
 
+# The robust source's own robustness, at MNIST's eps 0.3 (Madry: 98.5% clean, 89.6% under
+# PGD-100 with 50 restarts, 88.50% under AutoAttack).
+if [ ! -e results/real_data/mnist_teacher/results.json ]; then
+  python -m igam_tf.evaluate --model_dir=runs/real_data/mnist_teacher \
+    --dataset=idx:../shared/data/mnist --epsilon=0.3 \
+    --attacks=clean,fgsm,pgd20,apgd_ce,autoattack --num_examples="$EXAMPLES" \
+    --output=results/real_data/mnist_teacher/
+fi
+
 # The teachers (the robust one is also the FT-MNIST row), then the students.
 train finetune_teacher real_data/fashion/ft_mnist.cfg
 train finetune_teacher real_data/fashion/ft_mnist_standard.cfg
