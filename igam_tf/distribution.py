@@ -20,6 +20,7 @@ removed after (`writable_folder`), and read the chief's.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -95,8 +96,11 @@ def _check_tf_config():
   """Raises ValueError, naming TF_CONFIG, if it is set but does not name a cluster and
   this process's task in it (TensorFlow's own errors do not say where the JSON was)."""
   text = os.environ.get('TF_CONFIG')
-  if not text:
-    return  # one worker: this process alone
+  if not text:  # legitimate (all local GPUs, one process), but rarely what is meant
+    logging.warning('--strategy=multi_worker_mirrored without TF_CONFIG: this process '
+                    'trains alone, as the chief. To train on several machines, set TF_CONFIG '
+                    'on each (see README, "Many GPUs and many machines").')
+    return
   try:
     config = json.loads(text)
   except ValueError as e:
@@ -105,12 +109,16 @@ def _check_tf_config():
   task = config.get('task') if isinstance(config, dict) else None
   cluster = config.get('cluster') if isinstance(config, dict) else None
   if (not isinstance(cluster, dict) or not isinstance(task, dict)
-      or task.get('type') not in cluster or not isinstance(task.get('index'), int)
-      or not 0 <= task['index'] < len(cluster[task['type']])):
+      or task.get('type') not in cluster or not isinstance(task.get('index'), int)):
     raise ValueError('The TF_CONFIG environment variable must name the cluster and this '
                      'process\'s task in it, e.g. {"cluster": {"worker": ["host1:12345", '
                      '"host2:12345"]}, "task": {"type": "worker", "index": 0}}; got '
                      f'{text[:200]}')
+  tasks = cluster[task['type']]
+  if not 0 <= task['index'] < len(tasks):
+    raise ValueError(f'The TF_CONFIG environment variable names {task["type"]} '
+                     f'{task["index"]}, but its cluster has {len(tasks)} {task["type"]}(s), '
+                     f'numbered from 0: {text[:200]}')
 
 
 def is_multi_worker(strategy):
@@ -141,11 +149,40 @@ def writable_folder(folder, strategy):
   if is_chief(strategy):
     yield folder
     return
-  temporary = tempfile.mkdtemp(prefix='igam_tf_worker_')
+  # Named after the worker and the folder, so that a worker killed before it removed
+  # its copy removes it when started again.
+  resolver = strategy.cluster_resolver
+  digest = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:12]
+  temporary = os.path.join(tempfile.gettempdir(), f'igam_tf_{resolver.task_type}_'
+                           f'{resolver.task_id}_{digest}')
+  shutil.rmtree(temporary, ignore_errors=True)
+  os.makedirs(temporary)
   try:
     yield temporary
   finally:
     shutil.rmtree(temporary, ignore_errors=True)
+
+
+def differing_on_workers(strategy, values):
+  """The keys of `values` ({name: JSON-able}, the same names on every worker) whose value
+  is not the same on every worker of a multi-worker `strategy`, sorted; [] in one
+  process. A collective: every worker must call it."""
+  if not is_multi_worker(strategy):
+    return []
+  names = sorted(values)
+  fingerprints = [int.from_bytes(hashlib.sha256(json.dumps(
+      values[name], sort_keys=True, default=str).encode()).digest()[:8], 'little', signed=True)
+                  for name in names]
+  every = numbers_on_every_replica(strategy, fingerprints)
+  return [name for name, column in zip(names, every.T) if len(set(column)) > 1]
+
+
+def numbers_on_every_replica(strategy, numbers):
+  """`numbers` (integers) as each replica of `strategy` holds them: int64 [replicas,
+  len(numbers)], for checks that every worker agrees. A collective under several
+  workers: every worker must call it."""
+  local = tf.constant([numbers], tf.int64)
+  return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0).numpy()
 
 
 def barrier(strategy):

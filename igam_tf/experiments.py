@@ -76,10 +76,12 @@ def _check_trainable(train_split, data_settings):
         f'--batch_size to at most {count}, or train on more data.')
 
 
-def job_strategy(run, batch_size):
-  """The distribution strategy `run` names (made before any data is loaded: a CPU split
-  into replicas must be set up before TensorFlow runs anything). The global batch must
-  split evenly over its replicas (each replica's loss is divided by the global batch)."""
+def job_strategy(job):
+  """The distribution strategy `job.run` names (made before any data is loaded: a CPU
+  split into replicas must be set up before TensorFlow runs anything). The global batch
+  must split evenly over its replicas (each replica's loss is divided by the global
+  batch), and every worker of a multi-worker run must run the same job."""
+  run, batch_size = job.run, job.data.batch_size
   devices = run.devices
   strategy = distribution.get_strategy(devices.strategy, devices.cpu_replicas)
   replicas = strategy.num_replicas_in_sync
@@ -93,6 +95,12 @@ def job_strategy(run, batch_size):
     raise ValueError(f'--jit_compile does not run under the {replicas} replicas of '
                      f'--strategy={devices.strategy} (XLA cannot use variables placed on '
                      f'another device): drop one of them')
+  different = distribution.differing_on_workers(
+      strategy, training.settings_by_flag(settings.recorded(job)))
+  if different:  # each would train another model, and the chief save its own
+    raise ValueError(f'The workers were started with different '
+                     f'{", ".join("--" + name for name in different)}: start every worker '
+                     f'with the same command (only TF_CONFIG differs)')
   return strategy
 
 
@@ -132,7 +140,7 @@ def finetune_teacher(job):
   """Section 4.1: a new K-way head (and the transform's weights, if any) trained with
   Adam on the target task; every source weight frozen, its BN as `job.teacher_bn` says
   (see `teacher.Teacher`). `job` is a settings.FinetuneJob. Returns the teacher."""
-  strategy = job_strategy(job.run, job.data.batch_size)
+  strategy = job_strategy(job)
   train_split, stream, validation = load_training_data(job.data)
   with strategy.scope():
     source_model, source_spec = model_sources.load_source(
@@ -158,7 +166,7 @@ def train_igam(job):
   plus `job.teacher_transform` (see `model_sources.load_teacher`). `job` is a
   settings.IGAMJob. Returns the student."""
   igam = job.igam
-  strategy = job_strategy(job.run, job.data.batch_size)
+  strategy = job_strategy(job)
   train_split, stream, validation = load_training_data(job.data)
   student_spec = job.student.spec(train_split.num_classes, train_split.image_shape)
   with strategy.scope():
@@ -196,7 +204,7 @@ def train_baseline(job):
   if method not in settings.METHODS or method == 'finetune':
     raise ValueError(f'train_baseline runs standard, pgd_at or grad_norm, got {method!r} '
                      f'(finetune is finetune_teacher)')
-  strategy = job_strategy(job.run, job.data.batch_size)
+  strategy = job_strategy(job)
   train_split, stream, validation = load_training_data(job.data)
   student_spec = job.student.spec(train_split.num_classes, train_split.image_shape)
   with strategy.scope():

@@ -371,6 +371,14 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
   if restored:
     logging.info('Resumed from %s', restored)
   done = int(model.optimizer.iterations.numpy())
+  strategy = model.distribute_strategy
+  if distribution.is_multi_worker(strategy):  # each must have read the chief's checkpoint
+    steps = sorted(set(distribution.numbers_on_every_replica(strategy, [done])[:, 0]))
+    if len(steps) > 1:
+      raise TrainingError(
+          f'The workers resumed {model_dir} at different steps '
+          f'({", ".join(map(str, steps))}): --model_dir must be a folder every worker sees '
+          f'(a shared filesystem), at the same path on each')
   if done >= total_steps:
     logging.info('%s already trained for %d steps', model_dir, done)
     return keras.callbacks.History()
@@ -379,7 +387,6 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
   if validation is not None:
     images, labels = next(iter(validation.take(1)))
     images, labels = images.numpy()[:8], labels.numpy()[:8]
-  strategy = model.distribute_strategy
   if run_config is not None and distribution.is_chief(strategy):  # the run starts
     record_run_config(model_dir, run_config, changes, step=done)
     for name, old, new in changes:

@@ -138,7 +138,7 @@ class DistributionTest(tf.test.TestCase):
         ('{"cluster": ', 'TF_CONFIG environment variable is not valid JSON'),
         ('{"task": {"type": "worker", "index": 0}}', 'must name the cluster'),
         ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
-         'must name the cluster'),
+         'names worker 1, but its cluster has 1 worker'),
         ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
          'must name the cluster')):
       with mock.patch.dict(os.environ, {'TF_CONFIG': tf_config}):

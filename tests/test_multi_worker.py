@@ -36,6 +36,11 @@ def _alone(binary, args, root, timeout=300):
     return code, log.read()
 
 
+def _newest_step(model_dir):
+  return max(int(path.split('ckpt-')[1].split('.')[0])
+             for path in glob.glob(f'{model_dir}/checkpoints/ckpt-*.index'))
+
+
 def _weights(model_dir):
   model, _ = model_io.load_model(model_dir)
   return {w.path: w.numpy() for w in model.weights}
@@ -77,6 +82,32 @@ class TwoWorkersTest(tf.test.TestCase):
     served = tf.saved_model.load(f'{root}/export')
     logits = served.signatures['serving_default'](tf.zeros([2, 28, 28, 1]))
     self.assertEqual(next(iter(logits.values())).shape, (2, 3))
+
+  def test_workers_that_would_train_different_models_are_refused(self):
+    root = tempfile.mkdtemp()
+    # Started with different flags: each would train another model.
+    with worker_processes.Job('train_baseline', PGD_AT + [f'--model_dir={root}/flags',
+                                                          MULTI_WORKER], root,
+                              per_worker=[[], ['--learning_rate=0.1', '--seed=1']]) as job:
+      self.assertEqual(job.wait(), [1, 1], job.logs())
+    for worker in (0, 1):
+      self.assertIn('The workers were started with different --learning_rate, --seed',
+                    job.log(worker))
+    self.assertFalse(os.path.exists(f'{root}/flags'))
+    # Worker 1 does not see the chief's folder (a machine-local disk): it would start
+    # afresh while the chief resumes.
+    code, log = _alone('train_baseline', PGD_AT + [f'--model_dir={root}/chief',
+                                                   '--train_steps=2'], root)
+    self.assertEqual(code, 0, log)
+    with worker_processes.Job('train_baseline', PGD_AT + [MULTI_WORKER,
+                                                          '--resume_with_changes=train_steps'],
+                              root, per_worker=[[f'--model_dir={root}/chief'],
+                                                [f'--model_dir={root}/elsewhere']]) as job:
+      self.assertEqual(job.wait(), [1, 1], job.logs())
+    self.assertIn('The workers resumed', job.log(0))
+    self.assertIn('at different steps (0, 2): --model_dir must be a folder every worker '
+                  'sees', job.log(0))
+    self.assertEqual(_newest_step(f'{root}/chief'), 2)
 
   def test_igam_with_disc_every_5_on_two_workers(self):
     # The paper's flagfiles set --disc_every=5: 6 steps take the discriminator step at 5.

@@ -47,16 +47,18 @@ def start(binary, args, log_dir, *, workers=None, index=None, tmp_dir=None):
 
 class Job:
   """One multi-worker job: `count` processes of `binary`, each with its own TMPDIR under
-  `root` (`tmp_dirs`). Use it as a context manager: every process is killed at exit."""
+  `root` (`tmp_dirs`), and worker i with `args` then `per_worker[i]` (if given). Use it
+  as a context manager: every process is killed at exit."""
 
-  def __init__(self, binary, args, root, count=2):
-    self.binary, self.args, self.root, self.count = binary, list(args), root, count
+  def __init__(self, binary, args, root, count=2, per_worker=None):
+    self.binary, self.root, self.count = binary, root, count
+    self.args = [list(args) + list(extra) for extra in (per_worker or [[]] * count)]
     self.tmp_dirs = [tempfile.mkdtemp(dir=root, prefix=f'tmp_{i}_') for i in range(count)]
     self.processes = []
 
   def __enter__(self):
     addresses = [f'127.0.0.1:{port}' for port in free_ports(self.count)]
-    self.processes = [start(self.binary, self.args, self.root, workers=addresses, index=i,
+    self.processes = [start(self.binary, self.args[i], self.root, workers=addresses, index=i,
                             tmp_dir=self.tmp_dirs[i]) for i in range(self.count)]
     return self
 
