@@ -1,4 +1,4 @@
-"""Evaluates classifiers' robustness: the paper's table, the worst case per example and
+r"""Evaluates classifiers' robustness: the paper's table, the worst case per example and
 checks for gradient masking.
 
   python -m igam_tf.evaluate --saved_model=/tmp/igam --dataset=cifar10 --output=/tmp/igam_eval

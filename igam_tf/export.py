@@ -1,4 +1,4 @@
-"""Exports a MadryLab TF1 checkpoint, or a model this project trained, as a SavedModel
+r"""Exports a MadryLab TF1 checkpoint, or a model this project trained, as a SavedModel
 that serves with no project code.
 
   python -m igam_tf.export --model=madry_cifar10 \

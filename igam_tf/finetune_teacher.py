@@ -1,4 +1,4 @@
-"""Finetunes a teacher on the target task (Section 4.1, Algorithm 1's first loop).
+r"""Finetunes a teacher on the target task (Section 4.1, Algorithm 1's first loop).
 
   python -m igam_tf.finetune_teacher --source=madry_mnist:models/adv_trained \
       --transform=channel_average,center_crop:28 --dataset=cifar10 \

@@ -1,4 +1,4 @@
-"""Draws models' input gradients side by side as a PNG grid (the paper's Figure 1).
+r"""Draws models' input gradients side by side as a PNG grid (the paper's Figure 1).
 
   python -m igam_tf.visualize --models=igam=runs/igam,pgd_at=runs/pgd_at/saved_model \
       --dataset=cifar10 --num_images=8 --output=grid.png
