@@ -56,12 +56,16 @@ train train_baseline real_data/fashion/grad_norm.cfg
 train train_igam real_data/fashion/igam_standard_teacher.cfg
 train train_baseline real_data/fashion/pgd7.cfg
 
-# Every model of runs/real_data/fashion/ under the same attacks, in one table.
-if [ ! -e results/real_data/fashion/results.json ]; then
-  python -m igam_tf.evaluate --model_dir=runs/real_data/fashion \
-    --dataset=idx:$FASHION --epsilon=0.1 --attacks=clean,fgsm,pgd20,apgd_ce,autoattack \
-    --num_examples="$EXAMPLES" --output=results/real_data/fashion/
-fi
+# Every model under the same attacks, each in its own report (a model already evaluated is
+# skipped when the script is started again: AutoAttack takes up to an hour per model here).
+for model in ft_mnist ft_mnist_standard standard igam grad_norm igam_standard_teacher pgd7; do
+  if [ ! -e "results/real_data/fashion/$model.json" ]; then
+    python -m igam_tf.evaluate --model_dir="runs/real_data/fashion/$model" \
+      --dataset=idx:$FASHION --epsilon=0.1 --attacks=clean,fgsm,pgd20,apgd_ce,autoattack \
+      --num_examples="$EXAMPLES" --output="results/real_data/fashion/$model.json"
+  fi
+done
+
 R=runs/real_data/fashion
 python -m igam_tf.visualize --dataset=idx:$FASHION \
   --models=$R/ft_mnist,$R/standard,$R/igam,$R/grad_norm,$R/igam_standard_teacher,$R/pgd7 \
