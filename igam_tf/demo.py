@@ -36,6 +36,7 @@ from igam_tf import evaluation
 from igam_tf import experiments
 from igam_tf import flag_groups
 from igam_tf import masking_checks
+from igam_tf import multi_worker
 from igam_tf import model_io
 from igam_tf import serving
 from igam_tf import settings
@@ -178,9 +179,9 @@ def run_demo(demo, seed, root):
   with strategy.scope():
     models = {name: model_io.load_model(f'{root}/{name}')[0] for name in MODELS}
   # Every worker of a multi-worker run writes what follows; only the chief into root.
-  with distribution.writable_folder(root, strategy) as output:
+  with multi_worker.writable_folder(root, strategy) as output:
     markdown = _evaluate_and_report(demo, seed, models, output, strategy, timings, start)
-  distribution.barrier(strategy)  # the other workers read the chief's results next
+  multi_worker.barrier(strategy)  # the other workers read the chief's results next
   return markdown
 
 
@@ -296,7 +297,7 @@ def run_seeds(demo, seeds):
   summary = summarize_seeds(reports)
   markdown = seeds_markdown(summary, seeds)
   strategy = distribution.get_strategy(demo.devices.strategy, demo.devices.cpu_replicas)
-  if not distribution.is_chief(strategy):  # the chief writes the summary
+  if not multi_worker.is_chief(strategy):  # the chief writes the summary
     return markdown
   with open(os.path.join(root, 'results_over_seeds.json'), 'w') as out:
     json.dump({'seeds': seeds, 'summary': summary}, out, indent=2)

@@ -29,6 +29,7 @@ from igam_tf import distribution
 from igam_tf import evaluation
 from igam_tf import flag_groups
 from igam_tf import masking_checks
+from igam_tf import multi_worker
 from igam_tf import model_sources
 from igam_tf.settings import DeviceSettings
 
@@ -205,7 +206,7 @@ def run_evaluation(f):
   settings = _settings(f, examples, eps, step_size, l2_eps, large_eps, sources=sources,
                        masking_examples=masking_examples)
 
-  writes = f.output and distribution.is_chief(strategy)  # one worker of several writes
+  writes = f.output and multi_worker.is_chief(strategy)  # one worker of several writes
   order = names if 'clean' in names else ['clean'] + names
   print(f'Evaluating {len(models)} model(s) on {examples} examples of {f.dataset}:{f.split}, '
         f'L-inf eps {eps:.6g} (step {step_size:.6g}), {f.restarts} restart(s); attacks in '

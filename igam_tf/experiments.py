@@ -22,6 +22,7 @@ from igam_tf import data
 from igam_tf import distribution
 from igam_tf import model_io
 from igam_tf import model_sources
+from igam_tf import multi_worker
 from igam_tf import settings
 from igam_tf import training
 from igam_tf.discriminator import build_discriminator
@@ -95,7 +96,7 @@ def job_strategy(job):
     raise ValueError(f'--jit_compile does not run under the {replicas} replicas of '
                      f'--strategy={devices.strategy} (XLA cannot use variables placed on '
                      f'another device): drop one of them')
-  different = distribution.differing_on_workers(
+  different = multi_worker.differing_on_workers(
       strategy, training.settings_by_flag(settings.recorded(job)))
   if different:  # each would train another model, and the chief save its own
     raise ValueError(f'The workers were started with different '
@@ -116,9 +117,9 @@ def _train(model, stream, validation, job, gradient_models):
 def _save_model(model_dir, model, spec, strategy):
   """`model_io.save_model`, by every worker of a multi-worker run, the chief into
   `model_dir`; returns once it is there (the other workers may read it next)."""
-  with distribution.writable_folder(model_dir, strategy) as folder:
+  with multi_worker.writable_folder(model_dir, strategy) as folder:
     model_io.save_model(folder, model, spec)
-  distribution.barrier(strategy)
+  multi_worker.barrier(strategy)
 
 
 def _in_precision(job_function):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from igam_tf import distribution
+from igam_tf import multi_worker
 from igam_tf.input_gradients import input_gradients
 
 CHECKPOINTS, LOGS = 'checkpoints', 'logs'
@@ -372,8 +372,8 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
     logging.info('Resumed from %s', restored)
   done = int(model.optimizer.iterations.numpy())
   strategy = model.distribute_strategy
-  if distribution.is_multi_worker(strategy):  # each must have read the chief's checkpoint
-    steps = sorted(set(distribution.numbers_on_every_replica(strategy, [done])[:, 0]))
+  if multi_worker.is_multi_worker(strategy):  # each must have read the chief's checkpoint
+    steps = sorted(set(multi_worker.numbers_on_every_replica(strategy, [done])[:, 0]))
     if len(steps) > 1:
       raise TrainingError(
           f'The workers resumed {model_dir} at different steps '
@@ -387,7 +387,7 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
   if validation is not None:
     images, labels = next(iter(validation.take(1)))
     images, labels = images.numpy()[:8], labels.numpy()[:8]
-  if run_config is not None and distribution.is_chief(strategy):  # the run starts
+  if run_config is not None and multi_worker.is_chief(strategy):  # the run starts
     record_run_config(model_dir, run_config, changes, step=done)
     for name, old, new in changes:
       logging.warning('Resuming at step %d with %s changed from %r to %r (recorded in %s)',
@@ -406,7 +406,7 @@ def train(model, dataset, *, model_dir, total_steps, checkpoint_every, validatio
     model.steps_per_execution, model.train_function = steps_per_call, None
   nan_guard = _StopOnNaN()
   # Every worker of a multi-worker run saves; only the chief into model_dir.
-  with distribution.writable_folder(model_dir, strategy) as output_dir:
+  with multi_worker.writable_folder(model_dir, strategy) as output_dir:
     if output_dir != model_dir:
       manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, CHECKPOINTS),
                                            max_to_keep=1)
