@@ -80,8 +80,8 @@ class TwoWorkersTest(tf.test.TestCase):
         timeout=300, check=False)
     self.assertEqual(export.returncode, 0, export.stderr[-3000:])
     served = tf.saved_model.load(f'{root}/export')
-    logits = served.signatures['serving_default'](tf.zeros([2, 28, 28, 1]))
-    self.assertEqual(next(iter(logits.values())).shape, (2, 3))
+    outputs = served.signatures['serving_default'](images=tf.zeros([2, 28, 28, 1]))
+    self.assertEqual(outputs['logits'].shape, (2, 3))
 
   def test_workers_that_would_train_different_models_are_refused(self):
     root = tempfile.mkdtemp()
